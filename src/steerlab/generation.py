@@ -1,0 +1,144 @@
+"""Batched generation with left padding, optional per-row steering, and an on-disk cache.
+
+Responses keep their exact token ids so capture can teacher-force them without re-tokenising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from steerlab.cache import JsonlStore, digest
+
+if TYPE_CHECKING:
+    from steerlab.models import LoadedModel
+    from steerlab.steering import Config
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 means greedy
+    rollouts: int = 1  # answers per prompt (sampled when temperature > 0)
+    seed: int = 0
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    text: str
+
+
+def prompt_ids(
+    model: LoadedModel, user: str, system: str | None = None, chat: bool = True
+) -> list[int]:
+    """Token ids of a prompt: chat-templated (instruct use) or plain text (completion use)."""
+    tok = model.tokenizer
+    if not chat or tok.chat_template is None:
+        return list(tok(user, add_special_tokens=True)["input_ids"])
+    messages = [{"role": "user", "content": user}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    try:
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except Exception:  # templates without a system role (Gemma): fold it into the user turn
+        if system is None:
+            raise
+        merged = [{"role": "user", "content": f"{system}\n\n{user}"}]
+        ids = tok.apply_chat_template(merged, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def _stop_ids(model: LoadedModel) -> set[int]:
+    eos = model.model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    if model.tokenizer.eos_token_id is not None:
+        ids.add(model.tokenizer.eos_token_id)
+    return ids
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
+    width = max(len(s) for s in seqs)
+    ids = [[pad_id] * (width - len(s)) + list(s) for s in seqs]
+    mask = [[0] * (width - len(s)) + [1] * len(s) for s in seqs]
+    return ids, mask
+
+
+def generate(
+    model: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    cfg: GenConfig,
+    steering: Sequence[Config] | None = None,
+    desc: str = "generate",
+) -> list[Sample]:
+    """Answer every prompt once (the caller repeats prompts for rollouts); batched, length-sorted.
+
+    `steering[i]` steers prompt i; batches are formed from the same index order, so a row can
+    never receive another row's steering.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from steerlab.steering import steer
+
+    if steering is not None and len(steering) != len(prompts):
+        raise ValueError(f"{len(steering)} steering rows for {len(prompts)} prompts")
+    tok, stop = model.tokenizer, _stop_ids(model)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[Sample | None] = [None] * len(prompts)
+    sampling = cfg.temperature > 0
+    if sampling:
+        torch.manual_seed(cfg.seed)
+    bar = tqdm(total=len(prompts), desc=desc, leave=False, disable=len(prompts) <= cfg.batch_size)
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id)
+        rows = [steering[i] for i in idx] if steering is not None else [()] * len(idx)
+        with torch.inference_mode(), steer(model, rows):
+            seqs = model.model.generate(
+                input_ids=torch.tensor(ids, device=model.device),
+                attention_mask=torch.tensor(mask, device=model.device),
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=sampling,
+                temperature=cfg.temperature if sampling else None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tok.pad_token_id,
+            )
+        for row, i in enumerate(idx):
+            resp = seqs[row, len(ids[0]) :].tolist()
+            cut = next((k for k, t in enumerate(resp) if t in stop), len(resp))
+            resp = resp[:cut]
+            out[i] = Sample(list(prompts[i]), resp, tok.decode(resp, skip_special_tokens=True))
+        bar.update(len(idx))
+    bar.close()
+    return [s for s in out if s is not None]
+
+
+def cached_generate(
+    model: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    cfg: GenConfig,
+    cache_dir: Path,
+    desc: str = "generate",
+) -> list[Sample]:
+    """Unsteered generation, cached per prompt set; resumes after an interruption."""
+    key = digest(model.ref, [list(p) for p in prompts], asdict(cfg))
+    store = JsonlStore(cache_dir / "responses" / f"{key}.jsonl")
+    todo = store.missing(len(prompts))
+    for start in range(0, len(todo), cfg.batch_size * 4):  # persist every few batches
+        chunk = todo[start : start + cfg.batch_size * 4]
+        samples = generate(model, [prompts[i] for i in chunk], cfg, desc=desc)
+        store.add(
+            {"i": i, "prompt_ids": s.prompt_ids, "response_ids": s.response_ids, "text": s.text}
+            for i, s in zip(chunk, samples, strict=True)
+        )
+    return [
+        Sample(r["prompt_ids"], r["response_ids"], r["text"]) for r in store.ordered(len(prompts))
+    ]

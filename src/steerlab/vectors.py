@@ -1,0 +1,87 @@
+"""Vector files: safetensors tensors + a JSON sidecar of metadata. Never pickle.
+
+One file holds one direction per layer for one (source, position, component, method). The
+metadata records which model made it, the layer convention, each layer's activation norm (the
+unit of relative coefficients) and separation statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from steerlab import LAYER_CONVENTION, __version__
+
+if TYPE_CHECKING:
+    import torch
+
+    from steerlab.steering import SteerTerm
+
+UNITS = ("relative", "absolute")
+
+
+class VectorFileError(ValueError):
+    """A vector file that is missing, malformed or made for another model."""
+
+
+@dataclass
+class TraitVectors:
+    vectors: torch.Tensor  # [L, d] unit rows
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def norms(self) -> list[float]:
+        return list(self.meta["norms"])
+
+    def absolute(self, layer: int, coef: float, units: str = "relative") -> float:
+        """A coefficient in residual-norm units: relative ones scale by the layer's norm."""
+        if units not in UNITS:
+            raise ValueError(f"unknown coef units {units!r}; valid: {', '.join(UNITS)}")
+        return coef * self.norms[layer] if units == "relative" else coef
+
+    def term(self, layer: int, coef: float, units: str = "relative") -> SteerTerm:
+        from steerlab.steering import SteerTerm
+
+        if not 0 <= layer < len(self.vectors):
+            raise ValueError(f"layer {layer} outside 0..{len(self.vectors) - 1}")
+        return SteerTerm(
+            layer, self.meta["component"], self.vectors[layer], self.absolute(layer, coef, units)
+        )
+
+    def save(self, path: Path) -> Path:
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"layer_convention": LAYER_CONVENTION, "steerlab_version": __version__} | self.meta
+        tmp = path.with_suffix(".tmp")
+        save_file(
+            {"vectors": self.vectors.contiguous().float()},
+            str(tmp),
+            metadata={"steerlab": json.dumps(meta)},
+        )
+        tmp.replace(path)
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        self.meta = meta
+        return path
+
+
+def load_vectors(path: Path, expect: dict[str, Any] | None = None) -> TraitVectors:
+    """Load a vector file; `expect` (e.g. hidden_size, n_layers, model) must match its metadata."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise VectorFileError(f"{path}: vector file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["steerlab"])
+            vectors = f.get_tensor("vectors")
+    except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
+        raise VectorFileError(f"{path}: not a steerlab vector file ({e})") from None
+    for key, want in (expect or {}).items():
+        if key in meta and meta[key] != want:
+            raise VectorFileError(
+                f"{path}: made for {key}={meta[key]!r}, but this run has {key}={want!r}"
+            )
+    return TraitVectors(vectors, meta)
