@@ -24,6 +24,7 @@ class GenConfig:
     rollouts: int = 1  # answers per prompt (sampled when temperature > 0)
     seed: int = 0
     batch_size: int = 16
+    ignore_eos: bool = False  # always generate max_new_tokens (fixed-length benchmarks)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def generate(
                 input_ids=torch.tensor(ids, device=model.device),
                 attention_mask=torch.tensor(mask, device=model.device),
                 max_new_tokens=cfg.max_new_tokens,
+                min_new_tokens=cfg.max_new_tokens if cfg.ignore_eos else None,
                 do_sample=sampling,
                 temperature=cfg.temperature if sampling else None,
                 top_p=None,

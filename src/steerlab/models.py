@@ -240,3 +240,63 @@ def check_variants(spec: ModelSpec) -> tuple[int, int]:
             f"{a} but steering variant {spec.steering} has {b}; vectors cannot transfer"
         )
     return a
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+# Real shapes for randomly initialised models (throughput work needs shapes, not weights).
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                         vocab_size=128256, rope_theta=500000.0),
+    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960,
+                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                         vocab_size=151936),
+    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         vocab_size=49152),
+}
+
+
+def byte_tokenizer() -> PreTrainedTokenizerBase:
+    """A byte-level tokenizer built in memory (no files): for random-weight models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<end>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<end>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def random_model(
+    shape: str | dict[str, Any], dtype: str = "auto", device: str = "auto", seed: int = 0,
+    **overrides: Any,
+) -> LoadedModel:
+    """A randomly initialised model of a real (or given) shape with the byte tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if isinstance(shape, str) and shape not in SHAPES:
+        raise ModelError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
+    kw = dict(SHAPES[shape] if isinstance(shape, str) else shape) | overrides
+    tok = byte_tokenizer()
+    kw.setdefault("vocab_size", len(tok))
+    kw["vocab_size"] = max(kw["vocab_size"], len(tok))
+    cfg = AutoConfig.for_model(kw.pop("model_type"), **kw, pad_token_id=tok.pad_token_id,
+                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    dev = pick_device(device)
+    torch.manual_seed(seed)
+    with torch.device(dev):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=pick_dtype(dtype, dev))
+    model.eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return wrap_model(model, tok, f"random:{shape if isinstance(shape, str) else 'custom'}")

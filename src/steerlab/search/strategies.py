@@ -1,0 +1,173 @@
+"""Trial proposal strategies. Each asks a batch of Optuna trials (so every strategy shares one
+sqlite study: resumable, inspectable) and turns a trial into steering overrides.
+
+- Optuna samplers (tpe, gp, nsga2, cmaes, grid) over layer (int) x coef (float, log).
+- `adaptive`: the reference's coefficient search, every layer in parallel.
+- `cmaes_ensemble`: pycma over one weight per layer of `steering.layers`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+INFEASIBLE_PENALTY = 100.0  # subtracted from trait for samplers without constraint support
+
+
+def constraint(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Feasible when <= 0: mean coherence at least the threshold."""
+    return list(trial.user_attrs.get("constraint", [1.0]))
+
+
+def make_sampler(name: str, seed: int, space: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    s = optuna.samplers
+    if name == "tpe":
+        return s.TPESampler(seed=seed, constraints_func=constraint)
+    if name == "gp":
+        return s.GPSampler(seed=seed, constraints_func=constraint)
+    if name == "nsga2":
+        return s.NSGAIISampler(seed=seed, constraints_func=constraint)
+    if name == "cmaes":
+        return s.CmaEsSampler(seed=seed)
+    if name == "grid":
+        return s.GridSampler(space, seed=seed)
+    return s.RandomSampler(seed=seed)  # adaptive / cmaes_ensemble enqueue their own params
+
+
+class Strategy:
+    """Optuna-sampled layer x coef; subclasses override `propose` and `overrides`."""
+
+    penalised = False
+
+    def __init__(self, search: Any, layers: list[int], ens_layers: list[int] | None = None):
+        self.search = search
+        self.layers = layers
+        lo, hi = search.coef
+        self.dists = {"layer": IntDistribution(min(layers), max(layers)),
+                      "coef": FloatDistribution(lo, hi, log=True)}
+        self.penalised = search.sampler == "cmaes"
+
+    def grid_space(self) -> dict[str, list[Any]]:
+        lo, hi = self.search.coef
+        k = int(self.search.options.get("coef_points", 4))
+        coefs = [lo * (hi / lo) ** (i / max(k - 1, 1)) for i in range(k)]
+        return {"layer": list(self.layers), "coef": [round(c, 6) for c in coefs]}
+
+    def propose(self, study: optuna.Study, n: int) -> list[optuna.trial.Trial]:
+        return [study.ask(self.dists) for _ in range(n)]
+
+    def overrides(self, trial: optuna.trial.BaseTrial) -> list[str]:
+        return [f"steering.layer={trial.params['layer']}",
+                f"steering.coef={trial.params['coef']:.6g}"]
+
+    def values(self, trait: float, coherence: float, feasible: bool, multi: bool) -> list[float]:
+        if multi:
+            return [trait, coherence]
+        return [trait - (0.0 if feasible or not self.penalised else INFEASIBLE_PENALTY)]
+
+
+def _done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+
+
+class Adaptive(Strategy):
+    """Per layer: start at start x base; x up when coherence held, else x down; momentum; N steps.
+
+    The state is replayed from the study's completed trials, so a resumed search continues.
+    """
+
+    def _state(self, study: optuna.Study) -> dict[int, tuple[float, float, int]]:
+        o = self.search.options
+        base = math.sqrt(self.search.coef[0] * self.search.coef[1])  # geometric middle of range
+        state = {la: (float(o.get("start", 0.7)) * base, 0.0, 0) for la in self.layers}
+        for t in sorted(_done(study), key=lambda t: t.number):
+            la = t.params["layer"]
+            if la not in state:
+                continue
+            coef, vel, step = state[la]
+            ok = t.user_attrs.get("feasible", False)
+            factor = float(o.get("up", 1.3)) if ok else float(o.get("down", 0.85))
+            vel = float(o.get("momentum", 0.1)) * vel + (factor - 1.0)
+            state[la] = (coef * (1.0 + vel), vel, step + 1)
+        return state
+
+    def propose(self, study: optuna.Study, n: int) -> list[optuna.trial.Trial]:
+        steps = int(self.search.options.get("steps", 5))
+        lo, hi = self.search.coef
+        state = self._state(study)
+        todo = [la for la in self.layers if state[la][2] < steps][:n]
+        for la in todo:
+            study.enqueue_trial({"layer": la, "coef": min(max(state[la][0], lo), hi)})
+        return [study.ask(self.dists) for _ in todo]
+
+
+class CmaEnsemble(Strategy):
+    """pycma over per-layer weights; x0 = base coef, bounds [0, upper x base], sigma0 x base.
+
+    Fitness (minimised) is -trait for coherent candidates and a penalty beyond every coherent
+    value otherwise, growing with the coherence shortfall. Generations are replayed from the
+    study on resume (the seed makes `ask` reproducible).
+    """
+
+    def __init__(self, search: Any, layers: list[int], ens_layers: list[int] | None = None):
+        super().__init__(search, layers)
+        if not ens_layers:
+            raise ValueError("search=cmaes_ensemble needs steering.layers=[...] (two or more)")
+        self.ens_layers = list(ens_layers)
+        self.base = float(search.options.get("base", math.sqrt(search.coef[0] * search.coef[1])))
+        upper = float(search.options.get("upper", 4.0)) * self.base
+        self.dists = {f"w{la}": FloatDistribution(0.0, upper) for la in self.ens_layers}
+        self.penalised = True
+
+    def _es(self, study: optuna.Study) -> Any:
+        import cma
+
+        o = self.search.options
+        es = cma.CMAEvolutionStrategy(
+            [self.base] * len(self.ens_layers), float(o.get("sigma0", 0.3)) * self.base,
+            {"bounds": [0.0, float(o.get("upper", 4.0)) * self.base],
+             "popsize": self.search.batch_size, "seed": self.search.seed + 1, "verbose": -9},
+        )
+        gens: dict[int, list[optuna.trial.FrozenTrial]] = {}
+        for t in _done(study):
+            gens.setdefault(t.user_attrs.get("generation", -1), []).append(t)
+        g = 0
+        while len(gens.get(g, [])) == es.popsize:
+            es.ask()
+            trials = sorted(gens[g], key=lambda t: t.user_attrs["member"])
+            es.tell([[t.params[f"w{la}"] for la in self.ens_layers] for t in trials],
+                    [t.user_attrs["fitness"] for t in trials])
+            g += 1
+        self.generation = g
+        return es
+
+    def propose(self, study: optuna.Study, n: int) -> list[optuna.trial.Trial]:
+        es = self._es(study)
+        xs = es.ask()
+        have = {t.user_attrs.get("member") for t in _done(study)
+                if t.user_attrs.get("generation") == self.generation}
+        out = []
+        for m, x in enumerate(xs):
+            if m in have:
+                continue
+            study.enqueue_trial({f"w{la}": float(v) for la, v in zip(self.ens_layers, x,
+                                                                     strict=True)},
+                                user_attrs={"generation": self.generation, "member": m})
+            out.append(study.ask(self.dists))
+        return out
+
+    def overrides(self, trial: optuna.trial.BaseTrial) -> list[str]:
+        ws = ",".join(f"{trial.params[f'w{la}']:.6g}" for la in self.ens_layers)
+        return [f"steering.weights=[{ws}]"]
+
+    def fitness(self, trait: float, coherence: float, threshold: float) -> float:
+        return -trait if coherence >= threshold else 1000.0 + (threshold - coherence)
+
+
+def make_strategy(search: Any, layers: list[int], ens_layers: list[int] | None) -> Strategy:
+    cls = {"adaptive": Adaptive, "cmaes_ensemble": CmaEnsemble}.get(search.sampler, Strategy)
+    return cls(search, layers, ens_layers)
