@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 ARGS   ?=
 # llama.cpp's OpenAI-compatible server, used by the judge integration test (built once, ~7 min)
-LLAMA_CPP := llama-cpp-python[server]==0.3.16
+LLAMA_CPP := llama-cpp-python[server]==0.3.36
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run test test-fast lint ui bench clean

@@ -62,6 +62,8 @@ def cached_scores(
         with path.open("a", encoding="utf-8") as f:
             for i, s in zip(todo, fresh, strict=True):
                 known[keys[i]] = s
+                if s.trait is None and s.coherence is None:
+                    continue  # nothing scored (endpoint down, garbage): retry next time
                 f.write(json.dumps({"k": keys[i], "trait": s.trait, "coherence": s.coherence,
                                     "note": s.note}) + "\n")
     return [known[k] for k in keys]

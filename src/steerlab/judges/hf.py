@@ -1,0 +1,117 @@
+"""LLM judge on a local transformers chat model, with the same prompts and logprob method.
+
+Per batch of chat-templated prompts (left padded): one prefill gives the first token's top-k,
+then up to `max_tokens - 1` greedy decode steps (KV cache, no sampling) give the next positions'
+top-k along the greedy path. That is exactly what an OpenAI-compatible server returns, so
+`steerlab.judges.logprobs` reads both the same way: exact for the greedy path (including digit
+splitting "1","0","0"), with its documented approximation for non-greedy digits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from steerlab.cache import digest
+from steerlab.judges.llm import LLMJudge, Prompts, Reading, low_mass_note
+from steerlab.judges.logprobs import expected_score
+
+if TYPE_CHECKING:
+    from steerlab.models import LoadedModel
+
+
+class HFJudge(LLMJudge):
+    backend = "hf"
+
+    def __init__(
+        self,
+        prompts: Prompts,
+        model: LoadedModel | str = "embedded:smollm2",
+        batch_size: int = 16,
+        min_mass: float = 0.25,
+        max_tokens: int = 3,
+        top_logprobs: int = 20,
+        dtype: str = "auto",
+        device: str = "auto",
+    ) -> None:
+        super().__init__(prompts, min_mass, max_tokens)
+        if isinstance(model, str):
+            from steerlab.models import load_model
+
+            model = load_model(model, dtype=dtype, device=device)
+        self.lm = model
+        self.batch_size = max(1, int(batch_size))
+        self.top_logprobs = int(top_logprobs)
+        self._fingerprint = _fingerprint(model)
+        self._pieces: dict[int, str] = {}
+
+    def _where(self) -> str:
+        return f"{self.lm.ref}:{self._fingerprint}:top{self.top_logprobs}"
+
+    def _piece(self, token_id: int) -> str:
+        """A token's text as an API would show it (" 8", "8", "<|im_end|>")."""
+        if token_id not in self._pieces:
+            self._pieces[token_id] = self.lm.tokenizer.decode([token_id])
+        return self._pieces[token_id]
+
+    def _read(self, texts: Sequence[str]) -> list[Reading]:
+        from steerlab.generation import prompt_ids
+
+        ids = [prompt_ids(self.lm, t) for t in texts]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # less padding per batch
+        out: list[Reading | None] = [None] * len(ids)
+        for s in range(0, len(order), self.batch_size):
+            chunk = order[s : s + self.batch_size]
+            for i, r in zip(chunk, self._read_batch([ids[i] for i in chunk]), strict=True):
+                out[i] = r
+        return [r for r in out if r is not None]
+
+    def _read_batch(self, seqs: Sequence[Sequence[int]]) -> list[Reading]:
+        import torch
+
+        from steerlab.generation import left_pad
+
+        tok = self.lm.tokenizer
+        ids, mask = left_pad(seqs, tok.pad_token_id)
+        dev = self.lm.device
+        with torch.inference_mode():
+            gen = self.lm.model.generate(
+                input_ids=torch.tensor(ids, device=dev),
+                attention_mask=torch.tensor(mask, device=dev),
+                max_new_tokens=self.max_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tok.pad_token_id,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+        width = len(ids[0])
+        steps = [
+            torch.log_softmax(lg.float(), dim=-1).topk(self.top_logprobs, dim=-1)
+            for lg in gen.logits
+        ]
+        readings = []
+        for row in range(len(seqs)):
+            positions, chosen = [], []
+            for k, top in enumerate(steps):
+                pairs = zip(top.indices[row].tolist(), top.values[row].tolist(), strict=True)
+                positions.append([(self._piece(t), v) for t, v in pairs])
+                chosen.append(self._piece(int(gen.sequences[row, width + k])))
+            score, mass = expected_score(positions, self.min_mass, chosen)
+            readings.append(Reading(score, mass, "" if score is not None else low_mass_note(mass)))
+        return readings
+
+
+def _fingerprint(lm: LoadedModel) -> str:
+    """Cheap output-layer fingerprint, so two models loaded under one name never share a cache.
+
+    Rounded to 4 digits so the same weights on CPU and GPU (different summation order) agree.
+    """
+    import torch
+
+    w = lm.model.get_output_embeddings().weight
+    rows = torch.linspace(0, w.shape[0] - 1, 16).long().to(w.device)
+    sums = [w.sum(dtype=torch.float32).item()] + w[rows].float().sum(-1).tolist()
+    return digest(str(w.dtype), list(w.shape), [f"{x:.4g}" for x in sums], n=8)
