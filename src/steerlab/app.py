@@ -49,6 +49,7 @@ class Setup:
     questions: list[str]
     gen: GenConfig
     root: Path
+    extraction_rows: list[dict]  # every elicited response with its score and vetting outcome
 
 
 def root_of(cfg: DictConfig) -> Path:
@@ -154,7 +155,14 @@ def prepare(cfg: DictConfig) -> Setup:
     gen = GenConfig(cfg.steering.max_new_tokens, batch_size=cfg.steering.batch_size)
     questions = ev.steering_questions(trait, cfg.steering.n_questions)
     base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cfg.search.coherence_min)
-    setup = Setup(steer_model, trait, vectors, vpath, judge, base, questions, gen, root_of(cfg))
+    rows = [
+        {"label": "positive" if lab else "negative", "context": ctx, "response": smp.text,
+         "trait": sc.trait, "coherence": sc.coherence, "kept": k}
+        for lab, ctx, smp, sc, k in zip(elicited.labels, elicited.contexts, elicited.samples,
+                                        scores, keep, strict=True)
+    ]
+    setup = Setup(steer_model, trait, vectors, vpath, judge, base, questions, gen, root_of(cfg),
+                  rows)
     _SETUPS[key] = setup
     return setup
 
@@ -228,20 +236,32 @@ def experiment_name(cfg: DictConfig) -> str:
     return cfg.tracking.experiment or f"{cfg.model.name}/{cfg.trait.name}"
 
 
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without Hydra's own node (which only resolves inside a job)."""
+    return OmegaConf.to_container(  # type: ignore[return-value]
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def run_params(cfg: DictConfig) -> dict[str, Any]:
+    """The config as MLflow params, plus resolved values the report groups by."""
+    params = plain(cfg)
+    params["resolved"] = {"position": position_of(cfg), "source": cfg.extraction.source,
+                          "method": cfg.extraction.method, "component": cfg.steering.component}
+    return params
+
+
 def _log_trial(cfg: DictConfig, setup: Setup, metrics: dict, result: Result,
                job_dir: Path | None) -> None:
     from steerlab import tracking
 
     name = (f"trial-{cfg.tracking.trial}" if cfg.tracking.trial is not None
             else f"L{cfg.steering.layer}-c{cfg.steering.coef:g}")
-    params = OmegaConf.to_container(cfg, resolve=True)
-    params.pop("hydra", None)
-    with tracking.run(setup.root, experiment_name(cfg), name, params,
+    with tracking.run(setup.root, experiment_name(cfg), name, run_params(cfg),
                       parent_run_id=cfg.tracking.parent_run_id,
                       tags={"steerlab.kind": "trial", "steerlab.vector": str(setup.vector_path),
                             "steerlab.trial": str(cfg.tracking.trial)}) as mlflow:
         mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
-        mlflow.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.json")
+        mlflow.log_dict(plain(cfg), "config.json")
         mlflow.log_table({k: [r[k] for r in result.rows] for k in
                           ("question", "answer", "trait", "coherence", "note")},
                          "responses.json")

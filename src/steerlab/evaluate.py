@@ -7,6 +7,7 @@ delta is the trait mean minus the unsteered baseline's.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,17 @@ if TYPE_CHECKING:
     from steerlab.data import TraitData
     from steerlab.models import LoadedModel
     from steerlab.steering import Config
+
+
+_SENTENCE_END = re.compile(r"(?<![0-9])[.!?][\"')\]]*(?=\s|$)")
+
+
+def complete_sentences(text: str) -> str:
+    """Drop the unfinished tail a token limit leaves (e.g. "Here's how:\n\n1. **"), so the
+    judge rates what the model said, not where generation stopped. Text without any sentence end
+    is kept whole (degenerate output stays visible)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]] if ends else text
 
 
 @dataclass
@@ -65,7 +77,8 @@ def baseline(
     """Unsteered answers, generated and judged once; later calls hit the caches."""
     prompts = [prompt_ids(model, q) for q in questions]
     answers = [s.text for s in cached_generate(model, prompts, gen, cache, desc="baseline")]
-    scores = cached_scores(judge, trait, list(zip(questions, answers, strict=True)), cache)
+    judged = [(q, complete_sentences(a)) for q, a in zip(questions, answers, strict=True)]
+    scores = cached_scores(judge, trait, judged, cache)
     return _aggregate(questions, answers, scores, coherence_min, None)
 
 
@@ -80,7 +93,8 @@ def evaluate(
     samples = generate(model, [p for _ in configs for p in prompts], gen, rows,
                        desc=f"steer x{len(configs)}")
     answers = [s.text for s in samples]
-    pairs = [(q, a) for q, a in zip([q for _ in configs for q in questions], answers, strict=True)]
+    pairs = [(q, complete_sentences(a))
+             for q, a in zip([q for _ in configs for q in questions], answers, strict=True)]
     scores = cached_scores(judge, trait, pairs, cache)
     n = len(questions)
     return [

@@ -10,7 +10,7 @@ run; the parent records the best valid trial and the Pareto frontier.
 import itertools
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 log = logging.getLogger("steerlab.sweeper")
 
@@ -28,24 +28,35 @@ log = logging.getLogger("steerlab.sweeper")
 @dataclass
 class SteerlabSweeperConf:
     _target_: str = "hydra_plugins.steerlab_sweeper.steerlab_sweeper.SteerlabSweeper"
+    # extra sweep dimensions, e.g. {trait: "evil,sycophancy"}; combined with the command's own
+    params: dict[str, str] = field(default_factory=dict)
+    # alternative override sets, one study each (e.g. "extraction=natural position=5")
+    arms: list[str] = field(default_factory=list)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="steerlab", node=SteerlabSweeperConf,
                              provider="steerlab")
 
 
-def _combos(arguments: list[str]) -> list[list[str]]:
-    """Cartesian product of comma-separated sweep overrides, as override strings."""
-    parsed = OverridesParser.create().parse_overrides(arguments)
+def _combos(arguments: list[str], params: dict[str, str], arms: list[str]) -> list[list[str]]:
+    """Studies to run: arms x the cartesian product of comma-separated sweep overrides."""
+    given = {a.split("=", 1)[0] for a in arguments}
+    extra = [f"{k}={v}" for k, v in params.items() if k not in given]
+    parsed = OverridesParser.create().parse_overrides([*extra, *arguments])
     choices = [
         [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
         else [o.input_line]
         for o in parsed
     ]
-    return [list(c) for c in itertools.product(*choices)] or [[]]
+    grid = [list(c) for c in itertools.product(*choices)]
+    return [arm.split() + c for arm in (arms or [""]) for c in grid]
 
 
 class SteerlabSweeper(Sweeper):
+    def __init__(self, params: dict[str, str] | None = None, arms: list[str] | None = None):
+        self.params = dict(params or {})
+        self.arms = list(arms or [])
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.config = config
@@ -54,7 +65,8 @@ class SteerlabSweeper(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: list[str]) -> list[dict[str, Any]]:
-        summaries = [self._study(combo) for combo in _combos(arguments)]
+        combos = _combos(arguments, self.params, self.arms)
+        summaries = [self._study(combo) for combo in combos]
         for s in summaries:
             print(s["text"])
         return summaries
@@ -122,10 +134,9 @@ class SteerlabSweeper(Sweeper):
 
         if run_id := study.user_attrs.get("mlflow_parent_run_id"):
             return str(run_id)
-        params = OmegaConf.to_container(cfg, resolve=True)
-        params.pop("hydra", None)
-        with tracking.run(app.root_of(cfg), app.experiment_name(cfg), f"sweep-{sweep_dir.name}",
-                          params, tags={"steerlab.kind": "sweep",
+        with tracking.run(app.root_of(cfg), app.experiment_name(cfg),
+                          f"sweep-{cfg.trait.name}-{sweep_dir.parent.name}-{sweep_dir.name}",
+                          app.run_params(cfg), tags={"steerlab.kind": "sweep",
                                         "steerlab.sweep_dir": str(sweep_dir),
                                         "optuna.storage": storage,
                                         "optuna.study": study.study_name}) as mlflow:
@@ -252,6 +263,14 @@ class SteerlabSweeper(Sweeper):
             if best85:
                 mlflow.log_metric("best_delta_at_coherence_85", float(best85["delta"]))
             mlflow.set_tags({"optuna.storage": storage, "steerlab.sweep_dir": str(sweep_dir)})
+            setup = app.prepare(cfg)
+            ex = setup.extraction_rows
+            mlflow.log_table({k: [r[k] for r in ex] for k in ex[0]}, "extraction.json")
+            mlflow.log_dict(app.asdict_meta(setup), "vector.json")
+            mlflow.log_table({k: [r[k] for r in setup.base.rows] for k in setup.base.rows[0]},
+                             "baseline.json")
+            mlflow.log_metrics({"baseline_trait": setup.base.trait,
+                                "baseline_coherence": setup.base.coherence})
             if rows:
                 mlflow.log_artifact(str(plot_frontier(rows, front, cfg.search.coherence_min,
                                                       sweep_dir / "pareto.png")))

@@ -1,0 +1,50 @@
+"""Every config group composes against the typed schema; typos and bad values fail early."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from steerlab.config import register
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["model", "trait", "extraction", "steering", "judge", "search", "tracking", "experiment"]
+register()
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))],
+)
+def test_every_group_option_composes(group, option):
+    cfg = _compose(f"{group}={option}")
+    assert cfg.model.name and cfg.trait.dir
+
+
+def test_defaults():
+    cfg = _compose()
+    assert (cfg.model.name, cfg.trait.name, cfg.extraction.source, cfg.judge.backend) == (
+        "smollm2-135m", "evil", "natural", "offline")
+    assert cfg.hydra.sweeper._target_.endswith("SteerlabSweeper")
+
+
+def test_typo_in_key_fails_naming_the_key():
+    with pytest.raises((ConfigCompositionException, ConfigKeyError), match=r"steering\.cof"):
+        _compose("steering.cof=1")
+
+
+def test_wrong_type_fails():
+    with pytest.raises((ConfigCompositionException, ValidationError), match=r"steering\.layer=abc"):
+        _compose("steering.layer=abc")
+
+
+def test_unknown_trait_lists_choices():
+    with pytest.raises(ConfigCompositionException, match=r"(?s)trait/nope.*evil.*hallucination"):
+        _compose("trait=nope")
