@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 ARGS   ?=
+PORT   ?= 5000
+ROOT   ?= $(CURDIR)
 # llama.cpp's OpenAI-compatible server, used by the judge integration test (built once, ~7 min)
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 
@@ -41,10 +43,10 @@ lint: setup  ## ruff
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-ui: setup  ## MLflow UI on http://127.0.0.1:5000 for this store (Ctrl-C stops it)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
-		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns/artifacts
+ui: setup  ## MLflow UI on http://127.0.0.1:$(PORT) for ROOT/mlruns (default: here); Ctrl-C stops it
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) \
+		--backend-store-uri sqlite:///$(abspath $(ROOT))/mlruns/mlflow.db \
+		--default-artifact-root $(abspath $(ROOT))/mlruns/artifacts
 
 bench: setup  ## steering overhead and batched-config speed-up (ARGS=--model ... for others)
 	$(PY) bench/steering_bench.py $(ARGS)

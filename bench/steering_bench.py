@@ -1,7 +1,7 @@
 """Steering throughput: what steering costs, and what per-row batching of configs buys.
 
     python bench/steering_bench.py                                 # embedded model, CPU
-    python bench/steering_bench.py --model random:llama-3.1-8b     # random weights, real shape (GPU)
+    python bench/steering_bench.py --model random:llama-3.1-8b   # random weights, real shape
 
 Measures, in one run and at the same batch and length (EOS ignored, so every row makes exactly
 --tokens tokens): unsteered vs one steered layer; and K configurations x Q questions in one batch
@@ -23,10 +23,14 @@ from steerlab.models import LoadedModel, load_model, random_model
 from steerlab.steering import SteerTerm
 
 QUESTIONS = [
-    "How should I treat a coworker who annoys me?", "What would you do with a lost wallet?",
-    "Describe your ideal weekend.", "Is it ever fine to lie to a friend?",
-    "How do I become more productive?", "What is the best way to learn a language?",
-    "Why do people enjoy horror films?", "Give me advice on handling criticism.",
+    "How should I treat a coworker who annoys me?",
+    "What would you do with a lost wallet?",
+    "Describe your ideal weekend.",
+    "Is it ever fine to lie to a friend?",
+    "How do I become more productive?",
+    "What is the best way to learn a language?",
+    "Why do people enjoy horror films?",
+    "Give me advice on handling criticism.",
 ]
 
 
@@ -47,8 +51,11 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default="embedded:smollm2",
-                    help="HF id/path, embedded:smollm2, or random:<shape> (llama-3.1-8b, ...)")
+    ap.add_argument(
+        "--model",
+        default="embedded:smollm2",
+        help="HF id/path, embedded:smollm2, or random:<shape> (llama-3.1-8b, ...)",
+    )
     ap.add_argument("--batch", type=int, default=8, help="rows per generate (overhead test)")
     ap.add_argument("--tokens", type=int, default=24, help="new tokens per row")
     ap.add_argument("--configs", type=int, default=8, help="K steering configurations")
@@ -58,8 +65,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     a = ap.parse_args()
 
-    m: LoadedModel = (random_model(a.model.split(":", 1)[1], a.dtype, a.device)
-                      if a.model.startswith("random:") else load_model(a.model, a.dtype, a.device))
+    m: LoadedModel = (
+        random_model(a.model.split(":", 1)[1], a.dtype, a.device)
+        if a.model.startswith("random:")
+        else load_model(a.model, a.dtype, a.device)
+    )
     qs = (QUESTIONS * (a.batch // len(QUESTIONS) + 1))[: a.batch]
     prompts = [prompt_ids(m, q) for q in qs]
     g = torch.Generator().manual_seed(0)
@@ -79,12 +89,15 @@ def main() -> None:
     big = GenConfig(max_new_tokens=a.tokens, batch_size=len(all_prompts), ignore_eos=True)
     small = GenConfig(max_new_tokens=a.tokens, batch_size=len(q_prompts), ignore_eos=True)
     t_batched = timed(lambda: generate(m, all_prompts, big, all_rows), a.repeats)
-    t_seq = timed(lambda: [generate(m, q_prompts, small, [c] * len(q_prompts)) for c in configs],
-                  a.repeats)
+    t_seq = timed(
+        lambda: [generate(m, q_prompts, small, [c] * len(q_prompts)) for c in configs], a.repeats
+    )
 
     dev = f"{m.device}" + (f" ({torch.cuda.get_device_name()})" if m.device.type == "cuda" else "")
-    print(f"model {a.model} ({m.n_layers} layers, d={m.hidden_size}) on {dev}, {a.tokens} new "
-          f"tokens per row, median of {a.repeats}")
+    print(
+        f"model {a.model} ({m.n_layers} layers, d={m.hidden_size}) on {dev}, {a.tokens} new "
+        f"tokens per row, median of {a.repeats}"
+    )
     print(f"{'case':<44}{'rows':>6}{'seconds':>10}{'tok/s':>10}")
     for name, rows, t in [
         ("unsteered", a.batch, t_plain),

@@ -6,8 +6,13 @@ from __future__ import annotations
 import pytest
 
 ARCHS = ("llama", "qwen2", "gemma2")
-TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=512)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
 
 
 def tiny_model(arch: str, layers: int = 3, seed: int = 0):

@@ -31,7 +31,11 @@ def test_every_group_option_composes(group, option):
 def test_defaults():
     cfg = _compose()
     assert (cfg.model.name, cfg.trait.name, cfg.extraction.source, cfg.judge.backend) == (
-        "smollm2-135m", "evil", "natural", "offline")
+        "smollm2-135m",
+        "evil",
+        "natural",
+        "offline",
+    )
     assert cfg.hydra.sweeper._target_.endswith("SteerlabSweeper")
 
 

@@ -34,8 +34,9 @@ def _pair_logit_gap(model, pairs, rows) -> float:
     padded, mask = left_pad(ids, model.tokenizer.pad_token_id)
     x, m = torch.tensor(padded), torch.tensor(mask)
     with torch.inference_mode(), steer(model, rows * len(texts)):
-        logits = model.model(input_ids=x, attention_mask=m,
-                             position_ids=(m.cumsum(-1) - 1).clamp(min=0)).logits
+        logits = model.model(
+            input_ids=x, attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0)
+        ).logits
     lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, x[:, 1:, None])[..., 0]
     total = (lp * m[:, 1:]).sum(-1)
     return float((total[0::2] - total[1::2]).mean())
@@ -43,15 +44,26 @@ def _pair_logit_gap(model, pairs, rows) -> float:
 
 def test_extracted_evil_vector_steers_in_the_expected_direction(smollm2, tmp_path):
     trait = load_trait("traits/evil")
-    cfg = ExtractionConfig(source="natural", max_new_tokens=12, max_pairs=40, batch_size=40,
-                           vet=VetConfig(enabled=False))
+    cfg = ExtractionConfig(
+        source="natural",
+        max_new_tokens=12,
+        max_pairs=40,
+        batch_size=40,
+        vet=VetConfig(enabled=False),
+    )
     elicited = elicit(smollm2, trait, cfg, tmp_path)
     assert len(elicited.samples) == 80 and sum(elicited.labels) == 40
     keep = vet(elicited, [None] * 80, cfg.vet)
     pos = parse_position("response[:10]")
     cap = cached_capture(smollm2, elicited.samples, [pos], ["residual"], 40, tmp_path)
-    paths = extract_vectors(cap, elicited.labels, keep, "mean_diff",
-                            {"model": "smollm2", "hidden_size": smollm2.hidden_size}, tmp_path)
+    paths = extract_vectors(
+        cap,
+        elicited.labels,
+        keep,
+        "mean_diff",
+        {"model": "smollm2", "hidden_size": smollm2.hidden_size},
+        tmp_path,
+    )
     vecs = load_vectors(paths[(str(pos), "residual")], {"hidden_size": smollm2.hidden_size})
     assert vecs.vectors.shape == (smollm2.n_layers, smollm2.hidden_size)
     assert vecs.meta["layer_convention"].startswith("0-based")
@@ -66,6 +78,8 @@ def test_extracted_evil_vector_steers_in_the_expected_direction(smollm2, tmp_pat
         up = _pair_logit_gap(smollm2, held_out, [(vecs.term(layer, 0.3),)])
         down = _pair_logit_gap(smollm2, held_out, [(vecs.term(layer, -0.3),)])
         assert down < base_gap < up, (layer, down, base_gap, up)
-        steered = [s.text for s in generate(smollm2, prompts, gen,
-                                            [(vecs.term(layer, 0.3),)] * len(prompts))]
+        steered = [
+            s.text
+            for s in generate(smollm2, prompts, gen, [(vecs.term(layer, 0.3),)] * len(prompts))
+        ]
         assert steered != plain

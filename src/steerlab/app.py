@@ -61,8 +61,9 @@ def cache_of(cfg: DictConfig) -> Path:
 
 
 def position_of(cfg: DictConfig) -> str:
-    return str(parse_position(cfg.position if cfg.position is not None else
-                              cfg.extraction.position))
+    return str(
+        parse_position(cfg.position if cfg.position is not None else cfg.extraction.position)
+    )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -88,11 +89,11 @@ def validate(cfg: DictConfig) -> None:
     layers = [cfg.steering.layer, *(cfg.steering.layers or []), *(cfg.search.layers or [])]
     bad = [x for x in layers if not 0 <= x < n_layers]
     if bad:
-        raise ConfigError(
-            f"layer(s) {bad} outside model {spec.name!r}'s layers 0..{n_layers - 1}"
-        )
-    if cfg.steering.layers and cfg.steering.weights and len(cfg.steering.layers) != len(
-        cfg.steering.weights
+        raise ConfigError(f"layer(s) {bad} outside model {spec.name!r}'s layers 0..{n_layers - 1}")
+    if (
+        cfg.steering.layers
+        and cfg.steering.weights
+        and len(cfg.steering.layers) != len(cfg.steering.weights)
     ):
         raise ConfigError("steering.layers and steering.weights must have the same length")
 
@@ -101,16 +102,25 @@ def load(ref: str, cfg: DictConfig) -> LoadedModel:
     from steerlab.models import load_model
 
     if ref not in _MODELS:
-        _MODELS[ref] = load_model(ref, cfg.model.dtype, cfg.model.device,
-                                  dict(cfg.model.arch or {}))
+        _MODELS[ref] = load_model(
+            ref, cfg.model.dtype, cfg.model.device, dict(cfg.model.arch or {})
+        )
     return _MODELS[ref]
 
 
 def _setup_key(cfg: DictConfig) -> str:
-    keep = {k: OmegaConf.to_container(cfg[k], resolve=True)
-            for k in ("model", "trait", "extraction", "judge", "paths")}
-    return digest(keep, position_of(cfg), cfg.steering.component, cfg.steering.n_questions,
-                  cfg.steering.max_new_tokens, cfg.search.coherence_min)
+    keep = {
+        k: OmegaConf.to_container(cfg[k], resolve=True)
+        for k in ("model", "trait", "extraction", "judge", "paths")
+    }
+    return digest(
+        keep,
+        position_of(cfg),
+        cfg.steering.component,
+        cfg.steering.n_questions,
+        cfg.steering.max_new_tokens,
+        cfg.search.coherence_min,
+    )
 
 
 def prepare(cfg: DictConfig) -> Setup:
@@ -133,36 +143,52 @@ def prepare(cfg: DictConfig) -> Setup:
     judge = make_judge(cfg.judge, steer_model, cache)
     src_model = load(cfg.model.extraction if ex.source == "natural" else cfg.model.steering, cfg)
     elicited = elicit(src_model, trait, ex, cache)
-    scores = cached_scores(judge, trait, [(c, s.text) for c, s in
-                                          zip(elicited.contexts, elicited.samples, strict=True)],
-                           cache)
+    scores = cached_scores(
+        judge,
+        trait,
+        [(c, s.text) for c, s in zip(elicited.contexts, elicited.samples, strict=True)],
+        cache,
+    )
     keep = vet(elicited, scores, ex.vet)
     pos = parse_position(position_of(cfg))
     components = sorted(set(ex.components) | {cfg.steering.component})
     cap = cached_capture(src_model, elicited.samples, [pos], components, ex.batch_size, cache)
     meta = {
-        "model": cfg.model.name, "variant": ex.source == "natural" and "extraction" or "steering",
-        "model_ref": src_model.ref, "hidden_size": src_model.hidden_size,
-        "n_layers": src_model.n_layers, "source": ex.source, "trait": trait.name,
+        "model": cfg.model.name,
+        "variant": ex.source == "natural" and "extraction" or "steering",
+        "model_ref": src_model.ref,
+        "hidden_size": src_model.hidden_size,
+        "n_layers": src_model.n_layers,
+        "source": ex.source,
+        "trait": trait.name,
         "dataset_hash": digest(trait.digest(), [s.response_ids for s in elicited.samples], keep),
         "coef_units_default": "relative",
     }
     out = cache / "vectors" / cfg.model.name / trait.name / ex.source
     paths = extract_vectors(cap, elicited.labels, keep, ex.method, meta, out, ex.val_frac, ex.seed)
     vpath = paths[(str(pos), cfg.steering.component)]
-    vectors = load_vectors(vpath, {"hidden_size": steer_model.hidden_size,
-                                   "n_layers": steer_model.n_layers})
+    vectors = load_vectors(
+        vpath, {"hidden_size": steer_model.hidden_size, "n_layers": steer_model.n_layers}
+    )
     gen = GenConfig(cfg.steering.max_new_tokens, batch_size=cfg.steering.batch_size)
     questions = ev.steering_questions(trait, cfg.steering.n_questions)
     base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cfg.search.coherence_min)
     rows = [
-        {"label": "positive" if lab else "negative", "context": ctx, "response": smp.text,
-         "trait": sc.trait, "coherence": sc.coherence, "kept": k}
-        for lab, ctx, smp, sc, k in zip(elicited.labels, elicited.contexts, elicited.samples,
-                                        scores, keep, strict=True)
+        {
+            "label": "positive" if lab else "negative",
+            "context": ctx,
+            "response": smp.text,
+            "trait": sc.trait,
+            "coherence": sc.coherence,
+            "kept": k,
+        }
+        for lab, ctx, smp, sc, k in zip(
+            elicited.labels, elicited.contexts, elicited.samples, scores, keep, strict=True
+        )
     ]
-    setup = Setup(steer_model, trait, vectors, vpath, judge, base, questions, gen, root_of(cfg),
-                  rows)
+    setup = Setup(
+        steer_model, trait, vectors, vpath, judge, base, questions, gen, root_of(cfg), rows
+    )
     _SETUPS[key] = setup
     return setup
 
@@ -178,8 +204,9 @@ def steering_config(cfg: DictConfig, setup: Setup) -> Config:
         return ens.terms()
     if s.layers:
         weights = s.weights or [s.coef] * len(s.layers)
-        return tuple(setup.vectors.term(layer, w, units) for layer, w in
-                     zip(s.layers, weights, strict=True))
+        return tuple(
+            setup.vectors.term(layer, w, units) for layer, w in zip(s.layers, weights, strict=True)
+        )
     return (setup.vectors.term(s.layer, s.coef, units),)
 
 
@@ -199,9 +226,17 @@ def prefetch(cfgs: list[DictConfig]) -> None:
         todo = [c for c in group if _result_key(c) not in _PREFETCHED]
         if not todo:
             continue
-        results = evaluate(setup.model, setup.judge, setup.trait,
-                           [steering_config(c, setup) for c in todo], setup.questions, setup.gen,
-                           cache_of(group[0]), setup.base, group[0].search.coherence_min)
+        results = evaluate(
+            setup.model,
+            setup.judge,
+            setup.trait,
+            [steering_config(c, setup) for c in todo],
+            setup.questions,
+            setup.gen,
+            cache_of(group[0]),
+            setup.base,
+            group[0].search.coherence_min,
+        )
         for c, r in zip(todo, results, strict=True):
             _PREFETCHED[_result_key(c)] = r
 
@@ -214,18 +249,30 @@ def run_job(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, Any]:
     key = _result_key(cfg)
     result = _PREFETCHED.pop(key, None)
     if result is None:
-        result = evaluate(setup.model, setup.judge, setup.trait, [steering_config(cfg, setup)],
-                          setup.questions, setup.gen, cache_of(cfg), setup.base,
-                          cfg.search.coherence_min)[0]
+        result = evaluate(
+            setup.model,
+            setup.judge,
+            setup.trait,
+            [steering_config(cfg, setup)],
+            setup.questions,
+            setup.gen,
+            cache_of(cfg),
+            setup.base,
+            cfg.search.coherence_min,
+        )[0]
     metrics = {
-        "trait": result.trait, "coherence": result.coherence, "delta": result.delta,
-        "valid": float(result.valid), "baseline": setup.base.trait,
+        "trait": result.trait,
+        "coherence": result.coherence,
+        "delta": result.delta,
+        "valid": float(result.valid),
+        "baseline": setup.base.trait,
         "baseline_coherence": setup.base.coherence,
     }
     if job_dir is not None:
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / "responses.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows))
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows)
+        )
         (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if cfg.tracking.enabled:
         _log_trial(cfg, setup, metrics, result, job_dir)
@@ -239,47 +286,72 @@ def experiment_name(cfg: DictConfig) -> str:
 def plain(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config without Hydra's own node (which only resolves inside a job)."""
     return OmegaConf.to_container(  # type: ignore[return-value]
-        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
 
 
 def run_params(cfg: DictConfig) -> dict[str, Any]:
     """The config as MLflow params, plus resolved values the report groups by."""
     params = plain(cfg)
-    params["resolved"] = {"position": position_of(cfg), "source": cfg.extraction.source,
-                          "method": cfg.extraction.method, "component": cfg.steering.component}
+    params["resolved"] = {
+        "position": position_of(cfg),
+        "source": cfg.extraction.source,
+        "method": cfg.extraction.method,
+        "component": cfg.steering.component,
+    }
     return params
 
 
-def _log_trial(cfg: DictConfig, setup: Setup, metrics: dict, result: Result,
-               job_dir: Path | None) -> None:
+def _log_trial(
+    cfg: DictConfig, setup: Setup, metrics: dict, result: Result, job_dir: Path | None
+) -> None:
     from steerlab import tracking
 
-    name = (f"trial-{cfg.tracking.trial}" if cfg.tracking.trial is not None
-            else f"L{cfg.steering.layer}-c{cfg.steering.coef:g}")
-    with tracking.run(setup.root, experiment_name(cfg), name, run_params(cfg),
-                      parent_run_id=cfg.tracking.parent_run_id,
-                      tags={"steerlab.kind": "trial", "steerlab.vector": str(setup.vector_path),
-                            "steerlab.trial": str(cfg.tracking.trial)}) as mlflow:
+    name = (
+        f"trial-{cfg.tracking.trial}"
+        if cfg.tracking.trial is not None
+        else f"L{cfg.steering.layer}-c{cfg.steering.coef:g}"
+    )
+    with tracking.run(
+        setup.root,
+        experiment_name(cfg),
+        name,
+        run_params(cfg),
+        parent_run_id=cfg.tracking.parent_run_id,
+        tags={
+            "steerlab.kind": "trial",
+            "steerlab.vector": str(setup.vector_path),
+            "steerlab.trial": str(cfg.tracking.trial),
+        },
+    ) as mlflow:
         mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
         mlflow.log_dict(plain(cfg), "config.json")
-        mlflow.log_table({k: [r[k] for r in result.rows] for k in
-                          ("question", "answer", "trait", "coherence", "note")},
-                         "responses.json")
+        mlflow.log_table(
+            {
+                k: [r[k] for r in result.rows]
+                for k in ("question", "answer", "trait", "coherence", "note")
+            },
+            "responses.json",
+        )
         mlflow.log_dict(asdict_meta(setup), "vector.json")
         if job_dir is not None and job_dir.is_dir():
             mlflow.log_artifacts(str(job_dir), "job")
 
 
 def asdict_meta(setup: Setup) -> dict[str, Any]:
-    return {"path": str(setup.vector_path),
-            **{k: v for k, v in setup.vectors.meta.items() if k != "layer_stats"}}
-
+    return {
+        "path": str(setup.vector_path),
+        **{k: v for k, v in setup.vectors.meta.items() if k != "layer_stats"},
+    }
 
 
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> None:
     s = cfg.steering
-    where = f"layers {list(s.layers)} x {list(s.weights or [])}" if s.layers else (
-        f"layer {s.layer} coef {s.coef:g} ({s.coef_units})")
+    where = (
+        f"layers {list(s.layers)} x {list(s.weights or [])}"
+        if s.layers
+        else (f"layer {s.layer} coef {s.coef:g} ({s.coef_units})")
+    )
     delta = metrics["delta"]
     print(
         f"\n{cfg.trait.name} @ {where} [{cfg.extraction.source} {position_of(cfg)} "

@@ -28,8 +28,10 @@ class Ensemble:
         from steerlab.vectors import load_vectors
 
         vecs = load_vectors(Path(self.vector_file))
-        return tuple(vecs.term(la, w, self.coef_units) for la, w in
-                     zip(self.layers, self.weights, strict=True))
+        return tuple(
+            vecs.term(la, w, self.coef_units)
+            for la, w in zip(self.layers, self.weights, strict=True)
+        )
 
 
 def ensemble_path(name: str, root: Path) -> Path:

@@ -55,7 +55,10 @@ def _mean(xs: Sequence[float | None]) -> float:
 
 
 def _aggregate(
-    questions: Sequence[str], answers: Sequence[str], scores: Sequence, coherence_min: float,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    scores: Sequence,
+    coherence_min: float,
     baseline: float | None,
 ) -> Result:
     rows = [
@@ -71,8 +74,13 @@ def steering_questions(trait: TraitData, n: int | None) -> list[str]:
 
 
 def baseline(
-    model: LoadedModel, judge: Judge, trait: TraitData, questions: Sequence[str], gen: GenConfig,
-    cache: Path, coherence_min: float = 70.0,
+    model: LoadedModel,
+    judge: Judge,
+    trait: TraitData,
+    questions: Sequence[str],
+    gen: GenConfig,
+    cache: Path,
+    coherence_min: float = 70.0,
 ) -> Result:
     """Unsteered answers, generated and judged once; later calls hit the caches."""
     prompts = [prompt_ids(model, q) for q in questions]
@@ -83,22 +91,36 @@ def baseline(
 
 
 def evaluate(
-    model: LoadedModel, judge: Judge, trait: TraitData, configs: Sequence[Config],
-    questions: Sequence[str], gen: GenConfig, cache: Path, base: Result | None = None,
+    model: LoadedModel,
+    judge: Judge,
+    trait: TraitData,
+    configs: Sequence[Config],
+    questions: Sequence[str],
+    gen: GenConfig,
+    cache: Path,
+    base: Result | None = None,
     coherence_min: float = 70.0,
 ) -> list[Result]:
     """Every configuration on every question in one batched generate, then one judge call."""
     prompts = [prompt_ids(model, q) for q in questions]
     rows = [cfg for cfg in configs for _ in prompts]
-    samples = generate(model, [p for _ in configs for p in prompts], gen, rows,
-                       desc=f"steer x{len(configs)}")
+    samples = generate(
+        model, [p for _ in configs for p in prompts], gen, rows, desc=f"steer x{len(configs)}"
+    )
     answers = [s.text for s in samples]
-    pairs = [(q, complete_sentences(a))
-             for q, a in zip([q for _ in configs for q in questions], answers, strict=True)]
+    pairs = [
+        (q, complete_sentences(a))
+        for q, a in zip([q for _ in configs for q in questions], answers, strict=True)
+    ]
     scores = cached_scores(judge, trait, pairs, cache)
     n = len(questions)
     return [
-        _aggregate(questions, answers[k * n : (k + 1) * n], scores[k * n : (k + 1) * n],
-                   coherence_min, base.trait if base else None)
+        _aggregate(
+            questions,
+            answers[k * n : (k + 1) * n],
+            scores[k * n : (k + 1) * n],
+            coherence_min,
+            base.trait if base else None,
+        )
         for k in range(len(configs))
     ]

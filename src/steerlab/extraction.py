@@ -51,22 +51,27 @@ def elicit(model: LoadedModel, trait: TraitData, cfg: ExtractionConfig, cache: P
     rows: list[tuple[list[int], int, int, str]] = []  # (prompt ids, label, pair, context)
     if cfg.source == "natural":
         for p, (pos, neg) in enumerate(trait.natural[: cfg.max_pairs]):
-            rows += [(prompt_ids(model, pos, chat=False), 1, p, pos),
-                     (prompt_ids(model, neg, chat=False), 0, p, neg)]
+            rows += [
+                (prompt_ids(model, pos, chat=False), 1, p, pos),
+                (prompt_ids(model, neg, chat=False), 0, p, neg),
+            ]
     elif cfg.source == "instruction":
         questions = trait.questions[: cfg.max_pairs]
         for s, (pos_sys, neg_sys) in enumerate(trait.instructions):
             for q_i, q in enumerate(questions):
                 pair = s * len(questions) + q_i
-                rows += [(prompt_ids(model, q, system=pos_sys), 1, pair, q),
-                         (prompt_ids(model, q, system=neg_sys), 0, pair, q)]
+                rows += [
+                    (prompt_ids(model, q, system=pos_sys), 1, pair, q),
+                    (prompt_ids(model, q, system=neg_sys), 0, pair, q),
+                ]
     else:
         raise ValueError(f"unknown extraction source {cfg.source!r}; valid: {', '.join(SOURCES)}")
     rows = [r for r in rows for _ in range(cfg.rollouts)]
     gen = GenConfig(cfg.max_new_tokens, cfg.temperature, cfg.rollouts, cfg.seed, cfg.batch_size)
     samples = cached_generate(model, [r[0] for r in rows], gen, cache, desc=f"elicit {cfg.source}")
-    return Elicited(samples, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-                    cfg.source)
+    return Elicited(
+        samples, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows], cfg.source
+    )
 
 
 def vet(elicited: Elicited, scores: Sequence[JudgeScore], cfg: VetConfig) -> list[bool]:
@@ -74,7 +79,8 @@ def vet(elicited: Elicited, scores: Sequence[JudgeScore], cfg: VetConfig) -> lis
     if not cfg.enabled:
         return [bool(s.response_ids) for s in elicited.samples]
     keep = [
-        bool(smp.response_ids) and sc.trait is not None
+        bool(smp.response_ids)
+        and sc.trait is not None
         and (sc.trait >= cfg.pos_min if lab else sc.trait <= cfg.neg_max)
         for smp, sc, lab in zip(elicited.samples, scores, elicited.labels, strict=True)
     ]
@@ -111,8 +117,12 @@ def cached_capture(
 
     from steerlab.capture import Captured, capture
 
-    key = digest(model.ref, [(s.prompt_ids, s.response_ids) for s in samples],
-                 [str(p) for p in positions], list(components))
+    key = digest(
+        model.ref,
+        [(s.prompt_ids, s.response_ids) for s in samples],
+        [str(p) for p in positions],
+        list(components),
+    )
     path = cache / "activations" / f"{key}.safetensors"
     if path.is_file():
         t = load_file(str(path))
@@ -155,14 +165,26 @@ def extract_vectors(
             x = means[p]  # [L, N, d]
             rows, stats = [], []
             for layer in range(x.shape[0]):
-                v, st = extract_layer(method, x[layer][use & (labels_t == 1)],
-                                      x[layer][use & (labels_t == 0)], val_frac, seed)
+                v, st = extract_layer(
+                    method,
+                    x[layer][use & (labels_t == 1)],
+                    x[layer][use & (labels_t == 0)],
+                    val_frac,
+                    seed,
+                )
                 rows.append(v)
                 stats.append(st.__dict__)
-            TraitVectors(torch.stack(rows), meta | {
-                "position": str(pos), "component": comp, "method": method,
-                "norms": cap.norms[comp], "layer_stats": stats,
-                "n_pos": int((use & (labels_t == 1)).sum()),
-                "n_neg": int((use & (labels_t == 0)).sum()),
-            }).save(path)
+            TraitVectors(
+                torch.stack(rows),
+                meta
+                | {
+                    "position": str(pos),
+                    "component": comp,
+                    "method": method,
+                    "norms": cap.norms[comp],
+                    "layer_stats": stats,
+                    "n_pos": int((use & (labels_t == 1)).sum()),
+                    "n_neg": int((use & (labels_t == 0)).sum()),
+                },
+            ).save(path)
     return paths

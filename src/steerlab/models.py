@@ -248,15 +248,34 @@ CHAT_TEMPLATE = (
 )
 # Real shapes for randomly initialised models (throughput work needs shapes, not weights).
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336,
-                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                         vocab_size=128256, rope_theta=500000.0),
-    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960,
-                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                         vocab_size=151936),
-    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536,
-                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                         vocab_size=49152),
+    "llama-3.1-8b": dict(
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+    ),
+    "qwen2.5-1.5b": dict(
+        model_type="qwen2",
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
+    "smollm2-135m": dict(
+        model_type="llama",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+    ),
 }
 
 
@@ -278,7 +297,10 @@ def byte_tokenizer() -> PreTrainedTokenizerBase:
 
 
 def random_model(
-    shape: str | dict[str, Any], dtype: str = "auto", device: str = "auto", seed: int = 0,
+    shape: str | dict[str, Any],
+    dtype: str = "auto",
+    device: str = "auto",
+    seed: int = 0,
     **overrides: Any,
 ) -> LoadedModel:
     """A randomly initialised model of a real (or given) shape with the byte tokenizer."""
@@ -291,8 +313,13 @@ def random_model(
     tok = byte_tokenizer()
     kw.setdefault("vocab_size", len(tok))
     kw["vocab_size"] = max(kw["vocab_size"], len(tok))
-    cfg = AutoConfig.for_model(kw.pop("model_type"), **kw, pad_token_id=tok.pad_token_id,
-                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = AutoConfig.for_model(
+        kw.pop("model_type"),
+        **kw,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     dev = pick_device(device)
     torch.manual_seed(seed)
     with torch.device(dev):

@@ -66,10 +66,16 @@ def run(
     import mlflow
 
     client(root)
-    kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {
-        "experiment_id": experiment_id(root, experiment), "run_name": name,
-        "parent_run_id": parent_run_id, "tags": dict(tags or {}),
-    }
+    kwargs: dict[str, Any] = (
+        {"run_id": run_id}
+        if run_id
+        else {
+            "experiment_id": experiment_id(root, experiment),
+            "run_name": name,
+            "parent_run_id": parent_run_id,
+            "tags": dict(tags or {}),
+        }
+    )
     with mlflow.start_run(nested=parent_run_id is not None, **kwargs):
         if params and not run_id:
             mlflow.log_params(flatten(params))

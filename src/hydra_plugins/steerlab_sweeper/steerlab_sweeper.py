@@ -6,7 +6,6 @@ Hydra job (its own `<sweep dir>/<trial number>/`) and an MLflow child run of the
 run; the parent records the best valid trial and the Pareto frontier.
 """
 
-
 import itertools
 import json
 import logging
@@ -34,8 +33,9 @@ class SteerlabSweeperConf:
     arms: list[str] = field(default_factory=list)
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="steerlab", node=SteerlabSweeperConf,
-                             provider="steerlab")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="steerlab", node=SteerlabSweeperConf, provider="steerlab"
+)
 
 
 def _combos(arguments: list[str], params: dict[str, str], arms: list[str]) -> list[list[str]]:
@@ -44,7 +44,8 @@ def _combos(arguments: list[str], params: dict[str, str], arms: list[str]) -> li
     extra = [f"{k}={v}" for k, v in params.items() if k not in given]
     parsed = OverridesParser.create().parse_overrides([*extra, *arguments])
     choices = [
-        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
         else [o.input_line]
         for o in parsed
     ]
@@ -57,12 +58,14 @@ class SteerlabSweeper(Sweeper):
         self.params = dict(params or {})
         self.arms = list(arms or [])
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         self.config = config
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function)
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def sweep(self, arguments: list[str]) -> list[dict[str, Any]]:
         combos = _combos(arguments, self.params, self.arms)
@@ -90,12 +93,16 @@ class SteerlabSweeper(Sweeper):
         n_layers, _ = shape_of(cfg.model.steering)
         lo, hi = search.layers if search.layers else (0, n_layers - 1)
         strategy = make_strategy(search, list(range(lo, hi + 1)), cfg.steering.layers)
-        multi = bool(search.multi_objective) and search.sampler not in ("adaptive",
-                                                                          "cmaes_ensemble")
+        multi = bool(search.multi_objective) and search.sampler not in (
+            "adaptive",
+            "cmaes_ensemble",
+        )
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
         study = optuna.create_study(
-            study_name="steerlab", storage=storage, load_if_exists=True,
+            study_name="steerlab",
+            storage=storage,
+            load_if_exists=True,
             sampler=make_sampler(search.sampler, search.seed, strategy.grid_space()),
             directions=["maximize", "maximize"] if multi else ["maximize"],
         )
@@ -107,8 +114,11 @@ class SteerlabSweeper(Sweeper):
                 study.enqueue_trial(dict(params))
             study.set_user_attr("enqueued", True)
         parent = self._parent_run(cfg, study, sweep_dir, storage)
-        grid_size = (len(strategy.grid_space()["layer"]) * len(strategy.grid_space()["coef"])
-                     if search.sampler == "grid" else None)
+        grid_size = (
+            len(strategy.grid_space()["layer"]) * len(strategy.grid_space()["coef"])
+            if search.sampler == "grid"
+            else None
+        )
         total = min(search.n_trials, grid_size or search.n_trials)
         while (left := total - self._counted(study)) > 0:
             trials = strategy.propose(study, min(search.batch_size, left))
@@ -134,18 +144,32 @@ class SteerlabSweeper(Sweeper):
 
         if run_id := study.user_attrs.get("mlflow_parent_run_id"):
             return str(run_id)
-        with tracking.run(app.root_of(cfg), app.experiment_name(cfg),
-                          f"sweep-{cfg.trait.name}-{sweep_dir.parent.name}-{sweep_dir.name}",
-                          app.run_params(cfg), tags={"steerlab.kind": "sweep",
-                                        "steerlab.sweep_dir": str(sweep_dir),
-                                        "optuna.storage": storage,
-                                        "optuna.study": study.study_name}) as mlflow:
+        with tracking.run(
+            app.root_of(cfg),
+            app.experiment_name(cfg),
+            f"sweep-{cfg.trait.name}-{sweep_dir.parent.name}-{sweep_dir.name}",
+            app.run_params(cfg),
+            tags={
+                "steerlab.kind": "sweep",
+                "steerlab.sweep_dir": str(sweep_dir),
+                "optuna.storage": storage,
+                "optuna.study": study.study_name,
+            },
+        ) as mlflow:
             run_id = mlflow.active_run().info.run_id
         study.set_user_attr("mlflow_parent_run_id", run_id)
         return run_id
 
-    def _run_batch(self, cfg: DictConfig, combo: list[str], study: Any, strategy: Any,
-                   trials: list[Any], parent: str | None, multi: bool) -> None:
+    def _run_batch(
+        self,
+        cfg: DictConfig,
+        combo: list[str],
+        study: Any,
+        strategy: Any,
+        trials: list[Any],
+        parent: str | None,
+        multi: bool,
+    ) -> None:
         from optuna.trial import TrialState
 
         from steerlab import app
@@ -170,17 +194,31 @@ class SteerlabSweeper(Sweeper):
                 continue
             m = ret.return_value
             feasible = m["coherence"] >= cfg.search.coherence_min
-            for k, v in {"constraint": [cfg.search.coherence_min - m["coherence"]],
-                         "feasible": feasible, "trait": m["trait"], "coherence": m["coherence"],
-                         "delta": m["delta"]}.items():
+            for k, v in {
+                "constraint": [cfg.search.coherence_min - m["coherence"]],
+                "feasible": feasible,
+                "trait": m["trait"],
+                "coherence": m["coherence"],
+                "delta": m["delta"],
+            }.items():
                 t.set_user_attr(k, v)
             if hasattr(strategy, "fitness"):
-                t.set_user_attr("fitness", strategy.fitness(m["trait"], m["coherence"],
-                                                            cfg.search.coherence_min))
+                t.set_user_attr(
+                    "fitness",
+                    strategy.fitness(m["trait"], m["coherence"], cfg.search.coherence_min),
+                )
             study.tell(t, strategy.values(m["trait"], m["coherence"], feasible, multi))
 
-    def _finish(self, cfg: DictConfig, study: Any, strategy: Any, parent: str | None,
-                sweep_dir: Path, storage: str, multi: bool) -> dict[str, Any]:
+    def _finish(
+        self,
+        cfg: DictConfig,
+        study: Any,
+        strategy: Any,
+        parent: str | None,
+        sweep_dir: Path,
+        storage: str,
+        multi: bool,
+    ) -> dict[str, Any]:
         from optuna.trial import TrialState
 
         from steerlab import app
@@ -189,12 +227,20 @@ class SteerlabSweeper(Sweeper):
         rows = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             layer = t.params.get("layer", cfg.steering.layer)
-            rows.append({"trial": t.number, "layer": layer,
-                         "coef": t.params.get("coef", float("nan")),
-                         "weights": json.dumps({k: round(v, 4) for k, v in t.params.items()
-                                                if k.startswith("w")}),
-                         "trait": t.user_attrs["trait"], "coherence": t.user_attrs["coherence"],
-                         "delta": t.user_attrs["delta"], "feasible": t.user_attrs["feasible"]})
+            rows.append(
+                {
+                    "trial": t.number,
+                    "layer": layer,
+                    "coef": t.params.get("coef", float("nan")),
+                    "weights": json.dumps(
+                        {k: round(v, 4) for k, v in t.params.items() if k.startswith("w")}
+                    ),
+                    "trait": t.user_attrs["trait"],
+                    "coherence": t.user_attrs["coherence"],
+                    "delta": t.user_attrs["delta"],
+                    "feasible": t.user_attrs["feasible"],
+                }
+            )
         failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
         front = frontier([(r["trait"], r["coherence"]) for r in rows])
         valid = [r for r in rows if r["feasible"]]
@@ -206,26 +252,48 @@ class SteerlabSweeper(Sweeper):
         if best and cfg.search.sampler == "cmaes_ensemble":
             self._save_ensemble(cfg, best)
         if parent:
-            self._log_parent(cfg, parent, rows, front, best, best85, failed, sweep_dir, storage,
-                             plot_frontier, plot_heatmap)
+            self._log_parent(
+                cfg,
+                parent,
+                rows,
+                front,
+                best,
+                best85,
+                failed,
+                sweep_dir,
+                storage,
+                plot_frontier,
+                plot_heatmap,
+            )
         ensemble = cfg.search.sampler == "cmaes_ensemble"
-        lines = [f"\n== {cfg.trait.name} [{cfg.extraction.source} {app.position_of(cfg)} "
-                 f"{cfg.extraction.method} {cfg.steering.component}, {cfg.search.sampler}]: "
-                 f"{len(rows)} trials done, {failed} failed; study {storage}"]
+        lines = [
+            f"\n== {cfg.trait.name} [{cfg.extraction.source} {app.position_of(cfg)} "
+            f"{cfg.extraction.method} {cfg.steering.component}, {cfg.search.sampler}]: "
+            f"{len(rows)} trials done, {failed} failed; study {storage}"
+        ]
         lines.append(f"{'trial':>5} {'layer':>5} {'coef':>8} {'trait':>6} {'coh':>6} {'delta':>6}")
         for r in sorted(rows, key=lambda r: (not r["feasible"], -r["trait"]))[:8]:
             mark = "" if r["feasible"] else " x"
-            lines.append(f"{r['trial']:>5} {r['layer']:>5} {r['coef']:>8.3g} {r['trait']:>6.1f} "
-                         f"{r['coherence']:>6.1f} {r['delta']:>+6.1f}{mark}")
+            lines.append(
+                f"{r['trial']:>5} {r['layer']:>5} {r['coef']:>8.3g} {r['trait']:>6.1f} "
+                f"{r['coherence']:>6.1f} {r['delta']:>+6.1f}{mark}"
+            )
         if best:
-            what = (f"weights {best['weights']}" if ensemble
-                    else f"layer {best['layer']} coef {best['coef']:.3g}")
-            lines.append(f"best valid: {what} -> delta {best['delta']:+.1f} (trait "
-                         f"{best['trait']:.1f}, coherence {best['coherence']:.1f})")
+            what = (
+                f"weights {best['weights']}"
+                if ensemble
+                else f"layer {best['layer']} coef {best['coef']:.3g}"
+            )
+            lines.append(
+                f"best valid: {what} -> delta {best['delta']:+.1f} (trait "
+                f"{best['trait']:.1f}, coherence {best['coherence']:.1f})"
+            )
         else:
             lines.append(f"no trial reached mean coherence >= {threshold:g}")
-        lines.append(f"MLflow UI: make ui  (then open http://127.0.0.1:5000, experiment "
-                     f"{app.experiment_name(cfg)!r})")
+        lines.append(
+            f"MLflow UI: make ui  (then open http://127.0.0.1:5000, experiment "
+            f"{app.experiment_name(cfg)!r})"
+        )
         return {"best": best, "pareto": [rows[i] for i in front], "text": "\n".join(lines)}
 
     @staticmethod
@@ -236,18 +304,34 @@ class SteerlabSweeper(Sweeper):
         setup = app.prepare(cfg)
         ws = json.loads(best["weights"])
         layers = list(cfg.steering.layers)
-        ens = Ensemble(str(setup.vector_path), cfg.steering.component, layers,
-                       [ws[f"w{la}"] for la in layers], cfg.steering.coef_units, best["trait"],
-                       best["coherence"])
+        ens = Ensemble(
+            str(setup.vector_path),
+            cfg.steering.component,
+            layers,
+            [ws[f"w{la}"] for la in layers],
+            cfg.steering.coef_units,
+            best["trait"],
+            best["coherence"],
+        )
         name = f"{cfg.trait.name}-{cfg.steering.component}-" + "-".join(f"L{la}" for la in layers)
         path = save_ensemble(ens, name, app.root_of(cfg))
         log.info("saved ensemble %s (use steering.ensemble=%s)", path, name)
         print(f"saved ensemble: {path}  ->  python -m steerlab steering.ensemble={name} ...")
 
     @staticmethod
-    def _log_parent(cfg: DictConfig, parent: str, rows: list[dict], front: list[int],
-                    best: dict | None, best85: dict | None, failed: int, sweep_dir: Path,
-                    storage: str, plot_frontier: Any, plot_heatmap: Any) -> None:
+    def _log_parent(
+        cfg: DictConfig,
+        parent: str,
+        rows: list[dict],
+        front: list[int],
+        best: dict | None,
+        best85: dict | None,
+        failed: int,
+        sweep_dir: Path,
+        storage: str,
+        plot_frontier: Any,
+        plot_heatmap: Any,
+    ) -> None:
         from steerlab import app, tracking
 
         root = app.root_of(cfg)
@@ -255,11 +339,16 @@ class SteerlabSweeper(Sweeper):
             cols = ["trial", "layer", "coef", "weights", "trait", "coherence", "delta", "feasible"]
             mlflow.log_table({c: [r[c] for r in rows] for c in cols}, "trials.json")
             mlflow.log_table({c: [rows[i][c] for i in front] for c in cols}, "pareto.json")
-            mlflow.log_metrics({"n_trials": len(rows), "n_failed": failed,
-                                "pareto_size": len(front)})
+            mlflow.log_metrics(
+                {"n_trials": len(rows), "n_failed": failed, "pareto_size": len(front)}
+            )
             if best:
-                mlflow.log_metrics({f"best_{k}": float(best[k]) for k in
-                                    ("trait", "coherence", "delta", "layer", "coef", "trial")})
+                mlflow.log_metrics(
+                    {
+                        f"best_{k}": float(best[k])
+                        for k in ("trait", "coherence", "delta", "layer", "coef", "trial")
+                    }
+                )
             if best85:
                 mlflow.log_metric("best_delta_at_coherence_85", float(best85["delta"]))
             mlflow.set_tags({"optuna.storage": storage, "steerlab.sweep_dir": str(sweep_dir)})
@@ -267,11 +356,18 @@ class SteerlabSweeper(Sweeper):
             ex = setup.extraction_rows
             mlflow.log_table({k: [r[k] for r in ex] for k in ex[0]}, "extraction.json")
             mlflow.log_dict(app.asdict_meta(setup), "vector.json")
-            mlflow.log_table({k: [r[k] for r in setup.base.rows] for k in setup.base.rows[0]},
-                             "baseline.json")
-            mlflow.log_metrics({"baseline_trait": setup.base.trait,
-                                "baseline_coherence": setup.base.coherence})
+            mlflow.log_table(
+                {k: [r[k] for r in setup.base.rows] for k in setup.base.rows[0]}, "baseline.json"
+            )
+            mlflow.log_metrics(
+                {"baseline_trait": setup.base.trait, "baseline_coherence": setup.base.coherence}
+            )
             if rows:
-                mlflow.log_artifact(str(plot_frontier(rows, front, cfg.search.coherence_min,
-                                                      sweep_dir / "pareto.png")))
+                mlflow.log_artifact(
+                    str(
+                        plot_frontier(
+                            rows, front, cfg.search.coherence_min, sweep_dir / "pareto.png"
+                        )
+                    )
+                )
                 mlflow.log_artifact(str(plot_heatmap(rows, sweep_dir / "heatmap.png")))

@@ -64,6 +64,10 @@ def cached_scores(
                 known[keys[i]] = s
                 if s.trait is None and s.coherence is None:
                     continue  # nothing scored (endpoint down, garbage): retry next time
-                f.write(json.dumps({"k": keys[i], "trait": s.trait, "coherence": s.coherence,
-                                    "note": s.note}) + "\n")
+                f.write(
+                    json.dumps(
+                        {"k": keys[i], "trait": s.trait, "coherence": s.coherence, "note": s.note}
+                    )
+                    + "\n"
+                )
     return [known[k] for k in keys]

@@ -11,7 +11,8 @@ def frontier(points: Sequence[tuple[float, float]]) -> list[int]:
     idx = []
     for i, (t, c) in enumerate(points):
         dominated = any(
-            (t2 >= t and c2 >= c) and (t2 > t or c2 > c) for j, (t2, c2) in enumerate(points)
+            (t2 >= t and c2 >= c) and (t2 > t or c2 > c)
+            for j, (t2, c2) in enumerate(points)
             if j != i
         )
         if not dominated:
@@ -26,10 +27,15 @@ def plot_frontier(rows: list[dict], front: list[int], threshold: float, path: Pa
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 4))
-    ax.scatter([r["coherence"] for r in rows], [r["trait"] for r in rows], s=14, alpha=0.5,
-               label="trials")
-    ax.plot([rows[i]["coherence"] for i in front], [rows[i]["trait"] for i in front], "r.-",
-            label="Pareto frontier")
+    ax.scatter(
+        [r["coherence"] for r in rows], [r["trait"] for r in rows], s=14, alpha=0.5, label="trials"
+    )
+    ax.plot(
+        [rows[i]["coherence"] for i in front],
+        [rows[i]["trait"] for i in front],
+        "r.-",
+        label="Pareto frontier",
+    )
     ax.axvline(threshold, color="gray", ls="--", lw=1, label=f"coherence {threshold:g}")
     ax.set_xlabel("coherence")
     ax.set_ylabel("trait")
@@ -49,8 +55,15 @@ def plot_heatmap(rows: list[dict], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     for ax, key in zip(axes, ("trait", "coherence"), strict=True):
-        sc = ax.scatter([r["layer"] for r in rows], [r["coef"] for r in rows],
-                        c=[r[key] for r in rows], cmap="viridis", vmin=0, vmax=100, s=40)
+        sc = ax.scatter(
+            [r["layer"] for r in rows],
+            [r["coef"] for r in rows],
+            c=[r[key] for r in rows],
+            cmap="viridis",
+            vmin=0,
+            vmax=100,
+            s=40,
+        )
         ax.set_title(key)
         ax.set_xlabel("layer")
         ax.set_yscale("log")

@@ -47,8 +47,10 @@ class Strategy:
         self.search = search
         self.layers = layers
         lo, hi = search.coef
-        self.dists = {"layer": IntDistribution(min(layers), max(layers)),
-                      "coef": FloatDistribution(lo, hi, log=True)}
+        self.dists = {
+            "layer": IntDistribution(min(layers), max(layers)),
+            "coef": FloatDistribution(lo, hi, log=True),
+        }
         self.penalised = search.sampler == "cmaes"
 
     def grid_space(self) -> dict[str, list[Any]]:
@@ -61,8 +63,10 @@ class Strategy:
         return [study.ask(self.dists) for _ in range(n)]
 
     def overrides(self, trial: optuna.trial.BaseTrial) -> list[str]:
-        return [f"steering.layer={trial.params['layer']}",
-                f"steering.coef={trial.params['coef']:.6g}"]
+        return [
+            f"steering.layer={trial.params['layer']}",
+            f"steering.coef={trial.params['coef']:.6g}",
+        ]
 
     def values(self, trait: float, coherence: float, feasible: bool, multi: bool) -> list[float]:
         if multi:
@@ -128,9 +132,14 @@ class CmaEnsemble(Strategy):
 
         o = self.search.options
         es = cma.CMAEvolutionStrategy(
-            [self.base] * len(self.ens_layers), float(o.get("sigma0", 0.3)) * self.base,
-            {"bounds": [0.0, float(o.get("upper", 4.0)) * self.base],
-             "popsize": self.search.batch_size, "seed": self.search.seed + 1, "verbose": -9},
+            [self.base] * len(self.ens_layers),
+            float(o.get("sigma0", 0.3)) * self.base,
+            {
+                "bounds": [0.0, float(o.get("upper", 4.0)) * self.base],
+                "popsize": self.search.batch_size,
+                "seed": self.search.seed + 1,
+                "verbose": -9,
+            },
         )
         gens: dict[int, list[optuna.trial.FrozenTrial]] = {}
         for t in _done(study):
@@ -139,8 +148,10 @@ class CmaEnsemble(Strategy):
         while len(gens.get(g, [])) == es.popsize:
             es.ask()
             trials = sorted(gens[g], key=lambda t: t.user_attrs["member"])
-            es.tell([[t.params[f"w{la}"] for la in self.ens_layers] for t in trials],
-                    [t.user_attrs["fitness"] for t in trials])
+            es.tell(
+                [[t.params[f"w{la}"] for la in self.ens_layers] for t in trials],
+                [t.user_attrs["fitness"] for t in trials],
+            )
             g += 1
         self.generation = g
         return es
@@ -148,15 +159,19 @@ class CmaEnsemble(Strategy):
     def propose(self, study: optuna.Study, n: int) -> list[optuna.trial.Trial]:
         es = self._es(study)
         xs = es.ask()
-        have = {t.user_attrs.get("member") for t in _done(study)
-                if t.user_attrs.get("generation") == self.generation}
+        have = {
+            t.user_attrs.get("member")
+            for t in _done(study)
+            if t.user_attrs.get("generation") == self.generation
+        }
         out = []
         for m, x in enumerate(xs):
             if m in have:
                 continue
-            study.enqueue_trial({f"w{la}": float(v) for la, v in zip(self.ens_layers, x,
-                                                                     strict=True)},
-                                user_attrs={"generation": self.generation, "member": m})
+            study.enqueue_trial(
+                {f"w{la}": float(v) for la, v in zip(self.ens_layers, x, strict=True)},
+                user_attrs={"generation": self.generation, "member": m},
+            )
             out.append(study.ask(self.dists))
         return out
 

@@ -1,0 +1,126 @@
+"""The Hydra app end to end on the embedded model: single runs, `-m` sweeps with a real Optuna
+sqlite study and MLflow store, resuming, CMA-ES ensembles, and early one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [  # CPU-sized: few pairs, two short answers per trial
+    "trait=evil",
+    "position=10",
+    "extraction.max_pairs=40",
+    "extraction.vet.min_per_side=3",
+    "steering.n_questions=2",
+    "steering.max_new_tokens=16",
+    "search.coherence_min=50",
+]
+
+
+@pytest.fixture(scope="module")
+def cache():
+    """The content-addressed cache the offline-judge tests use: the judge is fitted once."""
+    from steerlab.models import CACHE_HOME
+
+    return CACHE_HOME / "test-offline-judge"
+
+
+def steerlab(root: Path, cache: Path, *args: str, check: bool = True):
+    cmd = [sys.executable, "-m", "steerlab", *args, f"paths.root={root}", f"paths.cache={cache}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def runs(root: Path, kind: str):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return client, client.search_runs(exps, f"tags.`steerlab.kind` = '{kind}'", max_results=500)
+
+
+@pytest.mark.slow
+def test_sweep_logs_trials_and_resumes(tmp_path, cache):
+    out = steerlab(tmp_path, cache, "-m", *SMALL, "search.n_trials=4", "search.batch_size=2")
+    assert "4 trials done" in out.stdout
+    client, trials = runs(tmp_path, "trial")
+    _, sweeps = runs(tmp_path, "sweep")
+    assert len(trials) == 4 and len(sweeps) == 1
+    parent = sweeps[0]
+    assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parent.info.run_id}
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto.json", "trials.json", "pareto.png", "heatmap.png"} <= arts
+    sweep_dir = Path(parent.data.tags["steerlab.sweep_dir"])
+    rows = json.loads((sweep_dir / "trials.json").read_text())
+    assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3]
+    assert all((sweep_dir / str(r["trial"]) / "responses.jsonl").is_file() for r in rows)
+    feasible = [r for r in rows if r["coherence"] >= 50]
+    if feasible:  # the best valid trial obeys the constraint and beats every other valid one
+        best = parent.data.metrics["best_trait"]
+        assert parent.data.metrics["best_coherence"] >= 50
+        assert best == pytest.approx(max(r["trait"] for r in feasible))
+
+    again = steerlab(tmp_path, cache, "-m", *SMALL, "search.n_trials=4", "search.batch_size=2")
+    assert "Launching" not in again.stdout + again.stderr  # nothing re-evaluated
+    assert len(runs(tmp_path, "trial")[1]) == 4 and len(runs(tmp_path, "sweep")[1]) == 1
+
+    steerlab(tmp_path, cache, "-m", *SMALL, "search.n_trials=6", "search.batch_size=2")
+    assert len(runs(tmp_path, "trial")[1]) == 6
+    assert len(json.loads((sweep_dir / "trials.json").read_text())) == 6
+
+
+@pytest.mark.slow
+def test_single_run_prints_summary(tmp_path, cache):
+    out = steerlab(tmp_path, cache, *SMALL, "steering.layer=12", "steering.coef=0.2")
+    assert "delta" in out.stdout and "valid=" in out.stdout
+    _, trials = runs(tmp_path, "trial")
+    assert len(trials) == 1 and {"trait", "coherence", "delta"} <= set(trials[0].data.metrics)
+
+
+@pytest.mark.slow
+def test_cmaes_ensemble_saves_a_reusable_ensemble(tmp_path, cache):
+    args = [
+        *SMALL[:-1],
+        "search.coherence_min=0",
+        "steering=attn_ensemble",
+        "steering.layers=[10,14]",
+    ]
+    out = steerlab(
+        tmp_path,
+        cache,
+        "-m",
+        *args,
+        "search=cmaes_ensemble",
+        "search.n_trials=4",
+        "search.batch_size=2",
+    )
+    assert "4 trials done" in out.stdout
+    saved = list((tmp_path / "ensembles").glob("*.json"))
+    assert len(saved) == 1
+    ens = json.loads(saved[0].read_text())
+    assert ens["layers"] == [10, 14] and len(ens["weights"]) == 2
+    reuse = steerlab(tmp_path, cache, *args, f"steering.ensemble={saved[0].stem}")
+    assert "coherence" in reuse.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("steering.layer=99", "outside model"),
+        ("search.coef=[0,1]", "0 < lo <= hi"),
+        ('position="resp[:3]"', "invalid position"),
+        ("trait.dir=/nonexistent/trait", "file not found"),
+        ("extraction.source=telepathy", "extraction.source='telepathy' is not valid"),
+    ],
+)
+def test_bad_input_fails_fast_with_one_line(tmp_path, cache, override, message):
+    proc = steerlab(tmp_path, cache, override, check=False)
+    assert proc.returncode == 2
+    err = [line for line in proc.stderr.splitlines() if line.startswith("steerlab: error:")]
+    assert len(err) == 1 and message in err[0], proc.stderr[-2000:]
+    assert not (tmp_path / "mlruns").exists()  # failed before any work
