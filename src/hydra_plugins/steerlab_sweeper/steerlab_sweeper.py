@@ -194,8 +194,8 @@ class SteerlabSweeper(Sweeper):
                 continue
             m = ret.return_value
             feasible = m["coherence"] >= cfg.search.coherence_min
+            t.set_constraint("coherence", cfg.search.coherence_min - m["coherence"])
             for k, v in {
-                "constraint": [cfg.search.coherence_min - m["coherence"]],
                 "feasible": feasible,
                 "trait": m["trait"],
                 "coherence": m["coherence"],

@@ -18,19 +18,15 @@ from optuna.trial import TrialState
 INFEASIBLE_PENALTY = 100.0  # subtracted from trait for samplers without constraint support
 
 
-def constraint(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Feasible when <= 0: mean coherence at least the threshold."""
-    return list(trial.user_attrs.get("constraint", [1.0]))
-
-
 def make_sampler(name: str, seed: int, space: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    """TPE, GP and NSGA-II read each trial's `set_constraint("coherence", min - coherence)`."""
     s = optuna.samplers
     if name == "tpe":
-        return s.TPESampler(seed=seed, constraints_func=constraint)
+        return s.TPESampler(seed=seed)
     if name == "gp":
-        return s.GPSampler(seed=seed, constraints_func=constraint)
+        return s.GPSampler(seed=seed)
     if name == "nsga2":
-        return s.NSGAIISampler(seed=seed, constraints_func=constraint)
+        return s.NSGAIISampler(seed=seed)
     if name == "cmaes":
         return s.CmaEsSampler(seed=seed)
     if name == "grid":

@@ -1,0 +1,114 @@
+"""Search strategies on in-memory Optuna studies (no model): proposals, replay, frontier."""
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from hydra_plugins.steerlab_sweeper.steerlab_sweeper import _combos
+from steerlab.search.pareto import frontier
+from steerlab.search.strategies import Adaptive, CmaEnsemble, Strategy, make_sampler
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _search(**kw):
+    base = dict(
+        sampler="tpe",
+        n_trials=8,
+        batch_size=4,
+        seed=0,
+        layers=None,
+        coef=[0.05, 0.8],
+        coherence_min=70.0,
+        multi_objective=False,
+        enqueue=[],
+        options={},
+    )
+    return OmegaConf.create(base | kw)
+
+
+def _tell(study, trial, trait, coherence, strategy, threshold=70.0):
+    feasible = coherence >= threshold
+    trial.set_constraint("coherence", threshold - coherence)
+    trial.set_user_attr("feasible", feasible)
+    if hasattr(strategy, "fitness"):
+        trial.set_user_attr("fitness", strategy.fitness(trait, coherence, threshold))
+    study.tell(trial, strategy.values(trait, coherence, feasible, False))
+
+
+def test_frontier_keeps_only_non_dominated_points():
+    pts = [(10, 90), (50, 80), (40, 70), (80, 40), (80, 30), (20, 95)]
+    front = frontier(pts)
+    assert sorted(front) == [1, 3, 5]  # (10, 90) is dominated by (20, 95)
+    assert [pts[i][0] for i in front] == sorted(pts[i][0] for i in front)
+
+
+def test_optuna_strategy_respects_space_and_constraint():
+    search = _search()
+    s = Strategy(search, list(range(3, 9)))
+    study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", 0, {}))
+    for _ in range(3):
+        for t in s.propose(study, 4):
+            assert 3 <= t.params["layer"] <= 8 and 0.05 <= t.params["coef"] <= 0.8
+            assert s.overrides(t)[0] == f"steering.layer={t.params['layer']}"
+            _tell(
+                study,
+                t,
+                trait=100 * t.params["coef"],
+                coherence=100 - 100 * t.params["coef"],
+                strategy=s,
+            )
+    best = study.best_trial  # Optuna's best considers feasible trials only
+    assert best.user_attrs["feasible"]
+
+
+def test_adaptive_multiplies_up_when_coherent_and_replays_state():
+    search = _search(
+        sampler="adaptive",
+        coef=[0.01, 10.0],
+        options=dict(start=1.0, up=2.0, down=0.5, momentum=0.0, steps=2),
+    )
+    s = Adaptive(search, [4, 5])
+    study = optuna.create_study(direction="maximize", sampler=make_sampler("adaptive", 0, {}))
+    first = s.propose(study, 10)
+    assert sorted(t.params["layer"] for t in first) == [4, 5]
+    base = first[0].params["coef"]
+    for t in first:  # layer 4 stays coherent, layer 5 does not
+        _tell(study, t, 50, 90 if t.params["layer"] == 4 else 10, s)
+    second = {t.params["layer"]: t.params["coef"] for t in s.propose(study, 10)}
+    assert second[4] == pytest.approx(base * 2.0) and second[5] == pytest.approx(base * 0.5)
+    # a fresh strategy object on the same study continues from the same state (resume)
+    study2_props = Adaptive(search, [4, 5])._state(study)
+    assert study2_props[4][2] == 1 and study2_props[5][2] == 1
+
+
+def test_cma_ensemble_penalises_incoherent_candidates_and_replays_generations():
+    search = _search(sampler="cmaes_ensemble", batch_size=4, options={"base": 1.0})
+    s = CmaEnsemble(search, list(range(10)), [2, 5])
+    assert s.fitness(80, 60, 70) > s.fitness(10, 75, 70)  # any coherent beats any incoherent
+    study = optuna.create_study(direction="maximize", sampler=make_sampler("random", 0, {}))
+    gen0 = s.propose(study, 4)
+    assert len(gen0) == 4 and all(0 <= v <= 4.0 for t in gen0 for v in t.params.values())
+    assert s.overrides(gen0[0])[0].startswith("steering.weights=[")
+    for t in gen0:
+        _tell(study, t, 10 * t.params["w2"], 90, s)
+    again = CmaEnsemble(search, list(range(10)), [2, 5])
+    gen1 = again.propose(study, 4)
+    assert again.generation == 1
+    assert {t.user_attrs["generation"] for t in gen1} == {1}
+
+
+def test_combos_expand_sweeps_params_and_arms():
+    combos = _combos(
+        ["trait=evil,sycophancy", "search.n_trials=3"],
+        {"extraction.method": "mean_diff,probe"},
+        ["extraction=natural position=5", "extraction=instruction position=all"],
+    )
+    assert len(combos) == 8
+    assert [
+        "extraction=natural",
+        "position=5",
+        "extraction.method=mean_diff",
+        "trait=evil",
+        "search.n_trials=3",
+    ] in combos
