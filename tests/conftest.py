@@ -31,3 +31,18 @@ def model(request):
 @pytest.fixture
 def llama():
     return tiny_model("llama")
+
+
+def bare_trait(name: str = "evil"):
+    """A trait with only a rubric: what a judge needs."""
+    from steerlab.data import Rubric, TraitData
+
+    return TraitData(
+        name=name,
+        description="",
+        rubric=Rubric("Malice.", "very", "some", "none"),
+        instructions=[],
+        questions=[],
+        natural=[],
+        steering_questions=[],
+    )

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_model
-from steerlab.data import Rubric, TraitData
+from conftest import bare_trait, tiny_model
 from steerlab.judges.hf import HFJudge
 from steerlab.judges.llm import Prompts
 
@@ -15,15 +14,7 @@ PROMPTS = Prompts(
     coherence="Rate coherence.\nQ: {question}\nA: {answer}\nScore 0-100:",
     relevance="Rate relevance.\nQ: {question}\nA: {answer}\nScore 0-100:",
 )
-TRAIT = TraitData(
-    name="evil",
-    description="",
-    rubric=Rubric("Malice.", "very", "some", "none"),
-    instructions=[],
-    questions=[],
-    natural=[],
-    steering_questions=[],
-)
+TRAIT = bare_trait()
 PAIRS = [
     ("How are you?", "Fine, thanks."),
     ("What is 2+2?", "It is four, obviously, you fool."),

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from steerlab.data import Rubric, TraitData
+from conftest import bare_trait
 from steerlab.judges.base import JudgeScore
 from steerlab.judges.llm import Prompts, make_llm_judge
 from steerlab.judges.openai import JudgeEndpointError, OpenAIJudge
@@ -31,15 +31,7 @@ PROMPTS = Prompts(
     coherence="COHERENCE\nQ: {question}\nA: {answer}",
     relevance="RELEVANCE\nQ: {question}\nA: {answer}",
 )
-TRAIT = TraitData(
-    name="evil",
-    description="",
-    rubric=Rubric("Malice.", "very", "some", "none"),
-    instructions=[],
-    questions=[],
-    natural=[],
-    steering_questions=[],
-)
+TRAIT = bare_trait()
 SECRET = "sk-test-0123456789abcdef"
 
 
