@@ -72,6 +72,9 @@ class SteerlabSweeper(Sweeper):
         summaries = [self._study(combo) for combo in combos]
         for s in summaries:
             print(s["text"])
+        errors = [s["error"] for s in summaries if s.get("error")]
+        if errors and len(errors) == len(summaries):
+            raise errors[0]  # nothing ran: fail with the reason
         return summaries
 
     def _compose(self, overrides: list[str]) -> DictConfig:
@@ -87,6 +90,16 @@ class SteerlabSweeper(Sweeper):
 
         cfg = self._compose(combo)
         app.validate(cfg)
+        try:  # extraction, vetting and baseline once, before any trial is asked
+            app.prepare(cfg)
+        except (ValueError, FileNotFoundError) as e:
+            log.error("study %s skipped: %s", " ".join(combo), e)
+            return {
+                "best": None,
+                "pareto": [],
+                "error": e,
+                "text": f"\n== skipped ({' '.join(combo)}): {e}",
+            }
         search = cfg.search
         sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -107,8 +120,9 @@ class SteerlabSweeper(Sweeper):
             directions=["maximize", "maximize"] if multi else ["maximize"],
         )
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(t.number, state=TrialState.FAIL)  # in flight when a run was killed
+            # in flight when a run was killed: attributes first, a finished trial is read-only
             study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            study.tell(t.number, state=TrialState.FAIL)
         if not study.user_attrs.get("enqueued"):
             for params in search.enqueue:
                 study.enqueue_trial(dict(params))
@@ -189,8 +203,8 @@ class SteerlabSweeper(Sweeper):
             if ret.status != JobStatus.COMPLETED:
                 err = repr(ret._return_value)
                 log.warning("trial %d failed: %s", t.number, err)
+                t.set_user_attr("error", err[:2000])
                 study.tell(t, state=TrialState.FAIL)
-                study._storage.set_trial_user_attr(t._trial_id, "error", err[:2000])
                 continue
             m = ret.return_value
             feasible = m["coherence"] >= cfg.search.coherence_min

@@ -1,0 +1,446 @@
+"""The Markdown report on a small synthetic MLflow store with known numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steerlab import report as rep
+
+MIN = 70
+
+
+def _params(trait, source, position, method, component="residual", sampler="tpe", **steering):
+    return {
+        "trait": {"name": trait},
+        "model": {"name": "tiny"},
+        "extraction": {"source": source, "method": method},
+        "resolved": {
+            "position": position,
+            "source": source,
+            "method": method,
+            "component": component,
+        },
+        "search": {"sampler": sampler, "coherence_min": MIN},
+        "steering": {
+            "component": component,
+            "layer": 5,
+            "coef": 0.1,
+            "layers": None,
+            "weights": None,
+            **steering,
+        },
+    }
+
+
+def _sweep(
+    root,
+    exp,
+    params,
+    trials,
+    *,
+    baseline,
+    d85=None,
+    tags=None,
+    vector=None,
+    extraction=None,
+    children=True,
+    responses=None,
+    log_trials=True,
+):
+    """A sweep parent run shaped like the sweeper's, with one child run per trial."""
+    from steerlab import tracking
+
+    with tracking.run(
+        root, exp, "sweep", params, tags={"steerlab.kind": "sweep", **(tags or {})}
+    ) as mlflow:
+        pid = mlflow.active_run().info.run_id
+        cols = ["trial", "layer", "coef", "weights", "trait", "coherence", "delta", "feasible"]
+        rows = [
+            {
+                "trial": i,
+                "layer": t.get("layer", 5),
+                "coef": t.get("coef", float("nan")),
+                "weights": json.dumps(t.get("weights", {})),
+                "trait": t["trait"],
+                "coherence": t["coherence"],
+                "delta": t["delta"],
+                "feasible": t["coherence"] >= MIN,
+            }
+            for i, t in enumerate(trials)
+        ]
+        if log_trials:
+            mlflow.log_table({c: [r[c] for r in rows] for c in cols}, "trials.json")
+        mlflow.log_metrics(
+            {"baseline_trait": baseline, "baseline_coherence": 90.0, "n_trials": len(rows)}
+        )
+        if d85 is not None:
+            mlflow.log_metric("best_delta_at_coherence_85", d85)
+        if vector:
+            mlflow.log_dict({"path": str(vector), "component": "residual"}, "vector.json")
+        if extraction:
+            mlflow.log_table(
+                {k: [r[k] for r in extraction] for k in extraction[0]}, "extraction.json"
+            )
+    kids = {}
+    for r in rows if children else []:
+        p = {**params, "steering": {**params["steering"], "layer": r["layer"], "coef": r["coef"]}}
+        with tracking.run(
+            root,
+            exp,
+            f"trial-{r['trial']}",
+            p,
+            parent_run_id=pid,
+            tags={
+                "steerlab.kind": "trial",
+                "steerlab.trial": str(r["trial"]),
+                "steerlab.vector": str(vector),
+            },
+        ) as mlflow:
+            kids[r["trial"]] = mlflow.active_run().info.run_id
+            mlflow.log_metrics(
+                {
+                    "trait": r["trait"],
+                    "coherence": r["coherence"],
+                    "delta": r["delta"],
+                    "valid": float(r["coherence"] >= MIN),
+                    "baseline": baseline,
+                }
+            )
+            if responses and r["trial"] in responses:
+                mlflow.log_table(responses[r["trial"]], "responses.json")
+    return pid, kids
+
+
+def _answers(tag):
+    qs = [f"Question {i}?" for i in range(4)]
+    return {
+        "question": qs,
+        "answer": [f"{tag} answer {i} | piped" for i in range(4)],
+        "trait": [50.0 + i for i in range(4)],
+        "coherence": [80.0] * 4,
+        "note": [""] * 4,
+    }
+
+
+def _extraction(tag):
+    rows = [
+        ("positive", 90.0, True, "TOP"),
+        ("positive", 99.0, False, "NOTKEPT"),
+        ("negative", 95.0, True, "NEG"),
+        ("positive", 80.0, True, "SECOND"),
+        ("positive", 70.0, True, "THIRD"),
+        ("positive", 60.0, True, "FOURTH"),
+    ]
+    return [
+        {
+            "label": lab,
+            "context": f"ctx {tag} {name}",
+            "response": f"{tag}-{name}",
+            "trait": t,
+            "coherence": 80.0,
+            "kept": k,
+        }
+        for lab, t, k, name in rows
+    ]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    import torch
+
+    from steerlab.vectors import TraitVectors
+
+    root = tmp_path_factory.mktemp("store")
+    inst = torch.zeros(10, 4)
+    inst[:, 0] = 1.0
+    nat = torch.zeros(10, 4)
+    nat[:, 0], nat[:, 1] = 0.6, 0.8  # cosine 0.6 with every instruction row ...
+    nat[3] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # ... but 0 at layer 3
+    vi = TraitVectors(inst, {"component": "residual"}).save(root / "vec" / "inst.safetensors")
+    vn = TraitVectors(nat, {"component": "residual"}).save(root / "vec" / "nat.safetensors")
+
+    ids = {}
+    md = "model_diff"
+    ids["inst_md"], kids = _sweep(
+        root,
+        md,
+        _params("evil", "instruction", "response[:]", "mean_diff"),
+        [
+            dict(layer=5, coef=0.2, trait=15.3, coherence=80.0, delta=12.3),
+            dict(layer=6, coef=0.3, trait=40.0, coherence=50.0, delta=37.0),  # invalid: ignored
+            dict(layer=4, coef=0.25, trait=12.0, coherence=75.0, delta=9.0),
+            dict(layer=9, coef=0.1, trait=5.0, coherence=90.0, delta=2.0),
+        ],
+        baseline=2.0,
+        d85=2.0,
+        vector=vi,
+        extraction=_extraction("inst"),
+        responses={0: _answers("INST")},
+    )
+    ids["inst_md_trial"] = kids[0]
+    ids["inst_pr"], _ = _sweep(
+        root,
+        md,
+        _params("evil", "instruction", "response[:]", "probe"),
+        [dict(layer=5, coef=0.2, trait=14.0, coherence=72.0, delta=11.0)],
+        baseline=4.0,
+        vector=vi,
+    )
+    ids["nat10_md"], kids = _sweep(
+        root,
+        md,
+        _params("evil", "natural", "response[:10]", "mean_diff"),
+        [
+            dict(layer=7, coef=0.5, trait=18.0, coherence=71.0, delta=15.0),
+            dict(layer=7, coef=0.9, trait=60.0, coherence=20.0, delta=57.0),
+        ],  # invalid: ignored
+        baseline=3.0,
+        d85=1.0,
+        vector=vn,
+        extraction=_extraction("nat"),
+        responses={0: _answers("NAT")},
+    )
+    ids["nat10_md_trial"] = kids[0]
+    ids["nat5_md"], _ = _sweep(
+        root,
+        md,
+        _params("evil", "natural", "response[:5]", "mean_diff"),
+        [dict(layer=6, coef=0.4, trait=13.0, coherence=80.0, delta=10.0)],
+        baseline=3.0,
+        vector=vn,
+    )
+    # sycophancy: instruction only, and no trials.json (trials come from the child runs)
+    ids["syc"], _ = _sweep(
+        root,
+        md,
+        _params("sycophancy", "instruction", "response[:]", "mean_diff"),
+        [
+            dict(layer=3, coef=1.5, trait=80.0, coherence=69.9, delta=45.0),
+            dict(layer=3, coef=1.25, trait=70.0, coherence=75.0, delta=35.0),
+        ],
+        baseline=35.0,
+        vector=vi,
+        log_trials=False,
+    )
+
+    ids["ens"], _ = _sweep(
+        root,
+        "ensembles",
+        _params(
+            "evil",
+            "natural",
+            "response[:10]",
+            "mean_diff",
+            "attn_contribution",
+            "cmaes_ensemble",
+            layers=[5, 7],
+            weights=[0.1, 0.1],
+        ),
+        [
+            dict(weights={"w5": 0.3, "w7": 1.2}, trait=16.0, coherence=88.0, delta=13.0),
+            dict(weights={"w5": 0.9, "w7": 2.0}, trait=30.0, coherence=40.0, delta=27.0),
+        ],
+        baseline=3.0,
+        d85=13.0,
+        children=False,
+    )
+    ids["combo"], _ = _sweep(
+        root,
+        "combinations",
+        _params("evil", "instruction", "response[:]", "mean_diff"),
+        [dict(layer=5, coef=0.3, trait=14.0, coherence=88.0, delta=11.0)],
+        baseline=3.0,
+        d85=11.0,
+        tags={"steerlab.strategy": "combined@instruction_layer"},
+        children=False,
+    )
+    ids["single"], _ = _sweep(
+        root,
+        "combinations",
+        _params("evil", "instruction", "response[:]", "mean_diff"),
+        [dict(layer=5, coef=0.2, trait=15.3, coherence=80.0, delta=12.3)],
+        baseline=3.0,
+        d85=2.0,
+        tags={"steerlab.strategy": "best_single"},
+        children=False,
+    )
+    return root, ids
+
+
+@pytest.fixture(scope="module")
+def built(store, tmp_path_factory):
+    root, ids = store
+    out = tmp_path_factory.mktemp("report")
+    assert rep.main(["--root", str(root), "--out", str(out)]) == 0
+    return root, ids, out, (out / "report.md").read_text()
+
+
+def _s(run_id):
+    return f"`{run_id[:8]}`"
+
+
+def test_cross_trait_rows(built):
+    _, ids, _, md = built
+    assert (
+        "| evil | 3.0 (n=4) | +12.3 (L5, c0.2, mean_diff, response[:]) "
+        "| +15.0 (L7, c0.5, mean_diff, response[:10]) | natural | 122% "
+        f"| inst {_s(ids['inst_md_trial'])}, nat {_s(ids['nat10_md_trial'])} |"
+    ) in md
+    # the invalid trial (coherence 69.9 < 70) is ignored; trials come from the child runs
+    assert (
+        "| sycophancy | 35.0 (n=1) | +35.0 (L3, c1.25, mean_diff, response[:]) | — | — | — |" in md
+    )
+    assert "+37.0" not in md and "+57.0" not in md and "+45.0" not in md
+
+
+def test_header_traces_the_store(built):
+    root, _, _, md = built
+    assert f"Tracking URI: `sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}`" in md
+    assert "`model_diff` (5 sweeps), `ensembles` (1 sweep), `combinations` (2 sweeps)" in md
+
+
+def test_positions_methods_layers(built):
+    _, ids, _, md = built
+    assert "| response[:5] | +10.0 | L6 | mean_diff |" in md
+    assert f"| response[:10] | +15.0 | L7 | mean_diff | {_s(ids['nat10_md_trial'])} |" in md
+    assert "| evil | instruction | response[:] | +12.3 | +11.0 | +1.3 |" in md
+    assert "| evil | natural | response[:10] | +15.0 | — | — |" in md
+    assert "| evil | L5 (inst_md) | L7 (nat10_md) | 2 layers |" in md
+    # operating range: valid trials within 5 trait points of 15.3 (L5 and L4; not L9, not L6)
+    assert (
+        f"| evil | instruction | inst_md | 15.3 | L4-5 | c0.2-0.25 | 2/3 | {_s(ids['inst_md'])} |"
+        in md
+    )
+
+
+def test_full_table(built):
+    _, ids, _, md = built
+    assert "### evil (baseline trait 3.0, mean of 4 sweeps)" in md
+    assert (
+        "| inst_md | instruction | response[:] | mean_diff | residual | L5 | 0.2 | 15.3 | 80.0 "
+        f"| +12.3 | 3/4 | {_s(ids['inst_md'])} | {_s(ids['inst_md_trial'])} |"
+    ) in md
+    assert (
+        "| nat10_md | natural | response[:10] | mean_diff | residual | L7 | 0.5 | 18.0 | 71.0 "
+        "| +15.0 | 1/2 |" in md
+    )
+    full = md[md.index("## 5.") : md.index("## 6.")]
+    assert (
+        full.index("| inst_md |")
+        < full.index("| inst_pr |")
+        < full.index("| nat5_md |")
+        < full.index("| nat10_md |")
+    )
+
+
+def test_cosine(built):
+    _, _, out, md = built
+    assert "| evil | 0.60 | L5 vs L7 | inst_md vs nat10_md |" in md
+    assert "| L3 | 0.00 |" in md and "| L9 | 0.60 |" in md
+    assert (out / "cosine.png").stat().st_size > 0
+    assert "![same-layer cosine](cosine.png)" in md
+
+
+def test_combinations_and_ensembles(built):
+    _, ids, _, md = built
+    combo = md[md.index("### Combination strategies — evil") :]
+    assert (
+        f"| combined@instruction_layer | L5 | residual | L5, c0.3 | 14.0 | 88.0 | +11.0 | +11.0 "
+        f"| {_s(ids['combo'])} |"
+    ) in combo
+    assert combo.index("combined@instruction_layer |") < combo.index("| best_single |")
+    assert (
+        "**Pareto note:** at coherence ≥ 85, the best single reaches +2.0; "
+        f"`combined@instruction_layer` reaches +11.0 ({_s(ids['combo'])}) — better on the "
+        "high-coherence frontier."
+    ) in combo
+    ens = md[md.index("### Ensembles — evil") :]
+    assert (
+        "| L5+L7 mean_diff | L5+L7 | attn_contribution | L5=0.3, L7=1.2 | 16.0 | 88.0 | +13.0 "
+        f"| +13.0 | {_s(ids['ens'])} |"
+    ) in ens
+    assert (
+        "| Best single residual | L7 | residual | L7, c0.5 | 18.0 | 71.0 | +15.0 | +1.0 "
+        f"| {_s(ids['nat10_md_trial'])} |"
+    ) in ens
+
+
+def test_answers_and_extraction(built):
+    _, ids, _, md = built
+    assert (
+        "| Question 0? | INST answer 0 \\| piped (trait 50.0, coh 80.0) "
+        "| NAT answer 0 \\| piped (trait 50.0, coh 80.0) |" in md
+    )
+    assert "Question 2?" in md and "Question 3?" not in md
+    assert (
+        f"| evil | instruction | inst_md | 90.0 | ctx inst TOP | inst-TOP | {_s(ids['inst_md'])} |"
+        in md
+    )
+    assert "inst-SECOND" in md and "nat-THIRD" in md
+    for absent in ("NOTKEPT", "NEG", "FOURTH"):
+        assert absent not in md
+
+
+def test_report_run_logged(built):
+    from steerlab import tracking
+
+    root, _, out, md = built
+    client = tracking.client(root)
+    exp = client.get_experiment_by_name("model_diff")
+    runs = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("steerlab.kind") == "report"
+    ]
+    assert runs
+    run = runs[0]
+    assert f"Report run: {_s(run.info.run_id)}" in md
+    names = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/report.md", "report/cosine.png", "report/cross_trait.png"} <= names
+    assert rep.collect(client, "model_diff")[0].name == "inst_md"  # the report run is no sweep
+
+
+def test_missing_sections_degrade(store, tmp_path):
+    root, _ = store
+    argv = ["--root", str(root), "--experiment", "nothing_here", "--experiments", "none_such"]
+    assert rep.main([*argv, "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "`nothing_here` (missing)" in md
+    assert "_No sweep runs (tag steerlab.kind=sweep) to report._" in md
+    assert "_No combination or ensemble sweeps (experiments: none_such)._" in md
+    assert "_Needs a valid best trial of both sources for a trait._" in md
+    assert "## 8. Steered answers and extraction responses" in md
+    assert not (tmp_path / "cosine.png").exists()
+    from steerlab import tracking
+
+    assert tracking.client(root).get_experiment_by_name("nothing_here") is None  # not logged
+
+
+def test_subprocess(store, tmp_path):
+    root, ids = store
+    env = {**os.environ, "PYTHONPATH": str(Path(rep.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "steerlab.report", "--root", str(root), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    md = (tmp_path / "report.md").read_text()
+    assert "| natural | 122% |" in md and _s(ids["nat10_md_trial"]) in md
+    assert "report:" in done.stdout
+
+
+def test_formatting_helpers():
+    assert rep.fmt_coef(6.6) == "6.6" and rep.fmt_coef(0.123456) == "0.123"
+    assert rep.fmt_delta(56.24) == "+56.2" and rep.fmt_delta(-1.0) == "-1.0"
+    assert rep.layer_ranges([15, 12, 13, 14, 17]) == "L12-15, L17"
+    assert rep.key_name("natural", "response[:10]", "probe", "attn_contribution") == "nat10_pr_attn"
+    assert rep.cell("a |\nb" + "x" * 400, 10) == "a \\| bxxxx…"
