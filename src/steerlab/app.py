@@ -155,7 +155,7 @@ def prepare(cfg: DictConfig) -> Setup:
     cap = cached_capture(src_model, elicited.samples, [pos], components, ex.batch_size, cache)
     meta = {
         "model": cfg.model.name,
-        "variant": ex.source == "natural" and "extraction" or "steering",
+        "variant": "extraction" if ex.source == "natural" else "steering",
         "model_ref": src_model.ref,
         "hidden_size": src_model.hidden_size,
         "n_layers": src_model.n_layers,
@@ -164,7 +164,8 @@ def prepare(cfg: DictConfig) -> Setup:
         "dataset_hash": digest(trait.digest(), [s.response_ids for s in elicited.samples], keep),
         "coef_units_default": "relative",
     }
-    out = cache / "vectors" / cfg.model.name / trait.name / ex.source
+    # keyed by content: other data, vetting or responses never reuse a stale vector file
+    out = cache / "vectors" / cfg.model.name / trait.name / ex.source / meta["dataset_hash"]
     paths = extract_vectors(cap, elicited.labels, keep, ex.method, meta, out, ex.val_frac, ex.seed)
     vpath = paths[(str(pos), cfg.steering.component)]
     vectors = load_vectors(
