@@ -31,7 +31,7 @@ $(VENV)/.server: $(VENV)/.installed
 setup: $(VENV)/.installed  ## create .venv and install everything (idempotent)
 
 run: setup  ## the main job: search layer x coef for evil on the embedded model (ARGS=... to add overrides)
-	$(PY) -m steerlab trait=evil position=10 -m $(ARGS)
+	$(PY) -m steerlab -m trait=evil position=10 $(ARGS)
 
 test: setup $(VENV)/.server  ## every test, including the real-server and embedded-model ones
 	$(PY) -m pytest $(ARGS)
