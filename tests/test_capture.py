@@ -78,19 +78,12 @@ def test_residual_matches_hidden_states_convention(llama):
 
 def test_teacher_forcing_reproduces_generated_tokens(model):
     samples = [s for s in _samples(model) if s.response_ids]
-    from steerlab.generation import left_pad
+    from steerlab.generation import forward_inputs
 
-    ids, mask = left_pad(
-        [s.prompt_ids + s.response_ids for s in samples], model.tokenizer.pad_token_id
-    )
-    mask_t = torch.tensor(mask)
+    inputs = forward_inputs(model, [s.prompt_ids + s.response_ids for s in samples])
     with torch.inference_mode():
-        logits = model.model(
-            input_ids=torch.tensor(ids),
-            attention_mask=mask_t,
-            position_ids=(mask_t.cumsum(-1) - 1).clamp(min=0),
-        ).logits
-    width = len(ids[0])
+        logits = model.model(**inputs).logits
+    width = inputs["input_ids"].shape[1]
     for b, s in enumerate(samples):
         start = width - len(s.response_ids)
         pred = logits[b, start - 1 : width - 1].argmax(-1).tolist()

@@ -11,7 +11,7 @@ import torch
 from steerlab.config import ExtractionConfig, VetConfig
 from steerlab.data import load_trait
 from steerlab.extraction import cached_capture, elicit, extract_vectors, vet
-from steerlab.generation import GenConfig, generate, left_pad, prompt_ids
+from steerlab.generation import GenConfig, forward_inputs, generate, prompt_ids
 from steerlab.positions import parse_position
 from steerlab.steering import steer
 from steerlab.vectors import load_vectors
@@ -31,12 +31,10 @@ def _pair_logit_gap(model, pairs, rows) -> float:
     """Mean log p(positive text) - log p(negative text), under per-row steering `rows`."""
     texts = [t for p in pairs for t in p]
     ids = [prompt_ids(model, t, chat=False) for t in texts]
-    padded, mask = left_pad(ids, model.tokenizer.pad_token_id)
-    x, m = torch.tensor(padded), torch.tensor(mask)
+    inputs = forward_inputs(model, ids)
+    x, m = inputs["input_ids"], inputs["attention_mask"]
     with torch.inference_mode(), steer(model, rows * len(texts)):
-        logits = model.model(
-            input_ids=x, attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0)
-        ).logits
+        logits = model.model(**inputs).logits
     lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, x[:, 1:, None])[..., 0]
     total = (lp * m[:, 1:]).sum(-1)
     return float((total[0::2] - total[1::2]).mean())

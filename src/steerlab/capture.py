@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from steerlab.generation import Sample, left_pad
+from steerlab.generation import Sample, forward_inputs
 from steerlab.positions import Position
 
 if TYPE_CHECKING:
@@ -93,22 +93,16 @@ def capture(
     order = sorted(
         range(n), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids)
     )
-    pad_id = model.tokenizer.pad_token_id
     sink: dict[tuple[int, str], torch.Tensor] = {}
     bar = tqdm(total=n, desc="capture", leave=False, disable=n <= batch_size)
     with torch.inference_mode(), _recording(model, components, sink):
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             batch = [samples[i] for i in idx]
-            ids, mask = left_pad([s.prompt_ids + s.response_ids for s in batch], pad_id)
-            mask_t = torch.tensor(mask, device=model.device)
-            model.model(
-                input_ids=torch.tensor(ids, device=model.device),
-                attention_mask=mask_t,
-                position_ids=(mask_t.cumsum(-1) - 1).clamp(min=0),  # as generate() numbers them
-                use_cache=False,
-            )
-            w = window_weights(batch, positions, len(ids[0])).to(model.device)
+            inputs = forward_inputs(model, [s.prompt_ids + s.response_ids for s in batch])
+            model.model(**inputs, use_cache=False)
+            mask_t = inputs["attention_mask"]
+            w = window_weights(batch, positions, mask_t.shape[1]).to(model.device)
             norm_mask = mask_t.bool().clone()
             norm_mask[torch.arange(len(idx)), mask_t.argmax(-1)] = False  # drop first real token
             for (layer, comp), h in sink.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from steerlab.generation import GenConfig, cached_generate, generate, prompt_ids
-from steerlab.judges.base import Judge, cached_scores
+from steerlab.judges.base import Judge, JudgeScore, cached_scores
 
 if TYPE_CHECKING:
     from steerlab.data import TraitData
@@ -69,6 +69,14 @@ def _aggregate(
     return Result(trait, coh, coh >= coherence_min, baseline, rows)
 
 
+def _judge(
+    judge: Judge, trait: TraitData, questions: Sequence[str], answers: Sequence[str], cache: Path
+) -> list[JudgeScore]:
+    """Cached scores of each answer's complete sentences."""
+    pairs = [(q, complete_sentences(a)) for q, a in zip(questions, answers, strict=True)]
+    return cached_scores(judge, trait, pairs, cache)
+
+
 def steering_questions(trait: TraitData, n: int | None) -> list[str]:
     return trait.steering_questions[:n] if n else list(trait.steering_questions)
 
@@ -85,8 +93,7 @@ def baseline(
     """Unsteered answers, generated and judged once; later calls hit the caches."""
     prompts = [prompt_ids(model, q) for q in questions]
     answers = [s.text for s in cached_generate(model, prompts, gen, cache, desc="baseline")]
-    judged = [(q, complete_sentences(a)) for q, a in zip(questions, answers, strict=True)]
-    scores = cached_scores(judge, trait, judged, cache)
+    scores = _judge(judge, trait, questions, answers, cache)
     return _aggregate(questions, answers, scores, coherence_min, None)
 
 
@@ -108,11 +115,7 @@ def evaluate(
         model, [p for _ in configs for p in prompts], gen, rows, desc=f"steer x{len(configs)}"
     )
     answers = [s.text for s in samples]
-    pairs = [
-        (q, complete_sentences(a))
-        for q, a in zip([q for _ in configs for q in questions], answers, strict=True)
-    ]
-    scores = cached_scores(judge, trait, pairs, cache)
+    scores = _judge(judge, trait, [q for _ in configs for q in questions], answers, cache)
     n = len(questions)
     return [
         _aggregate(

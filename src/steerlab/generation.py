@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from steerlab.cache import JsonlStore, digest
 
 if TYPE_CHECKING:
+    import torch
+
     from steerlab.models import LoadedModel
     from steerlab.steering import Config
 
@@ -69,6 +71,20 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[list[list[int]
     ids = [[pad_id] * (width - len(s)) + list(s) for s in seqs]
     mask = [[0] * (width - len(s)) + [1] * len(s) for s in seqs]
     return ids, mask
+
+
+def forward_inputs(model: LoadedModel, seqs: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    """A left-padded batch for a teacher-forced forward pass, with position ids numbered from the
+    mask as `generate()` numbers them, so padding never shifts a sequence's positions."""
+    import torch
+
+    ids, mask = left_pad(seqs, model.tokenizer.pad_token_id)
+    attn = torch.tensor(mask, device=model.device)
+    return {
+        "input_ids": torch.tensor(ids, device=model.device),
+        "attention_mask": attn,
+        "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
+    }
 
 
 def generate(

@@ -342,7 +342,7 @@ def answer_nll(
     """
     import torch
 
-    from steerlab.generation import left_pad, prompt_ids
+    from steerlab.generation import forward_inputs, prompt_ids
 
     if _hooked(model):
         raise JudgeSetupError(
@@ -367,17 +367,11 @@ def answer_nll(
                 continue
         batches.append([i])
     for idx in batches:
-        ids, mask = left_pad([seqs[i] for i in idx], tok.pad_token_id)
+        inputs = forward_inputs(model, [seqs[i] for i in idx])
+        input_ids = inputs["input_ids"]
         keep = max(n_ans[i] for i in idx) + 1
-        input_ids = torch.tensor(ids, device=model.device)
-        attn = torch.tensor(mask, device=model.device)
         with torch.inference_mode():
-            logits = model.model(
-                input_ids=input_ids,
-                attention_mask=attn,
-                position_ids=(attn.cumsum(-1) - 1).clamp(min=0),  # padding-independent
-                logits_to_keep=keep,
-            ).logits
+            logits = model.model(**inputs, logits_to_keep=keep).logits
             # the last `keep` positions predict the last keep-1 tokens
             logits = logits[:, :-1].float()
             target = input_ids[:, -(keep - 1) :].unsqueeze(-1)
