@@ -116,6 +116,9 @@ def test_cmaes_ensemble_saves_a_reusable_ensemble(tmp_path, cache):
         ('position="resp[:3]"', "invalid position"),
         ("trait.dir=/nonexistent/trait", "file not found"),
         ("extraction.source=telepathy", "extraction.source='telepathy' is not valid"),
+        ("steering.vector=/nonexistent/v.safetensors", "no such vector file"),
+        ("combine.strategy=blend", "combine.strategy='blend' is not valid"),
+        ("combine.strategy=best_single", "run it with -m"),
     ],
 )
 def test_bad_input_fails_fast_with_one_line(tmp_path, cache, override, message):

@@ -27,6 +27,11 @@ def main(cfg: DictConfig) -> dict[str, float | None]:
     if hc.mode.name == "MULTIRUN":
         return app.run_job(cfg, job_dir)  # the sweeper records failures and carries on
     try:
+        if cfg.combine.strategy:  # a strategy places a whole study, not one configuration
+            raise app.ConfigError(
+                f"combine.strategy={cfg.combine.strategy} places a study: run it with -m "
+                "(or steer a saved file with steering.vector=...)"
+            )
         metrics = app.run_job(cfg, job_dir)
     except (ValueError, FileNotFoundError) as e:  # user-facing errors: one line, no traceback
         print(f"steerlab: error: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ and only logs it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from steerlab.cache import digest
+from steerlab.combinations import STRATEGIES
 from steerlab.positions import parse_position
 
 if TYPE_CHECKING:
@@ -81,12 +83,27 @@ def validate(cfg: DictConfig) -> None:
     ):
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(allowed)}")
+    strategy = cfg.combine.strategy
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ConfigError(
+            f"combine.strategy={strategy!r} is not valid; choose one of {', '.join(STRATEGIES)}"
+        )
+    given = [("steering.vector", cfg.steering.vector)] if cfg.steering.vector else []
+    given += [(f"steering.mix[{i}].vector", m.vector) for i, m in enumerate(cfg.steering.mix)]
+    for name, path in given:
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(f"{name}={path}: no such vector file")
     lo, hi = cfg.search.coef
     if not 0 < lo <= hi:
         raise ConfigError(f"search.coef=[{lo}, {hi}] must satisfy 0 < lo <= hi")
     spec = ModelSpec(**OmegaConf.to_container(cfg.model))  # type: ignore[arg-type]
     n_layers, _ = check_variants(spec)
-    layers = [cfg.steering.layer, *(cfg.steering.layers or []), *(cfg.search.layers or [])]
+    layers = [
+        cfg.steering.layer,
+        *(cfg.steering.layers or []),
+        *(cfg.search.layers or []),
+        *(m.layer for m in cfg.steering.mix),
+    ]
     bad = [x for x in layers if not 0 <= x < n_layers]
     if bad:
         raise ConfigError(f"layer(s) {bad} outside model {spec.name!r}'s layers 0..{n_layers - 1}")
@@ -117,6 +134,8 @@ def _setup_key(cfg: DictConfig) -> str:
         keep,
         position_of(cfg),
         cfg.steering.component,
+        cfg.steering.vector,
+        OmegaConf.to_container(cfg.steering.mix, resolve=True),
         cfg.steering.n_questions,
         cfg.steering.max_new_tokens,
         cfg.search.coherence_min,
@@ -130,17 +149,42 @@ def prepare(cfg: DictConfig) -> Setup:
         return _SETUPS[key]
     from steerlab import evaluate as ev
     from steerlab.data import load_trait
-    from steerlab.extraction import cached_capture, elicit, extract_vectors, vet
     from steerlab.generation import GenConfig
-    from steerlab.judges.base import cached_scores
     from steerlab.judges.factory import make_judge
     from steerlab.vectors import load_vectors
 
     validate(cfg)
-    cache, ex = cache_of(cfg), cfg.extraction
+    cache = cache_of(cfg)
     trait = load_trait(cfg.trait.dir)
     steer_model = load(cfg.model.steering, cfg)
     judge = make_judge(cfg.judge, steer_model, cache)
+    given = cfg.steering.vector or (cfg.steering.mix[0].vector if cfg.steering.mix else None)
+    if given:  # a saved (e.g. combined) vector file: nothing to elicit
+        vpath, rows = Path(given).expanduser().resolve(), []
+    else:
+        vpath, rows = _extract(cfg, trait, judge, cache)
+    vectors = load_vectors(
+        vpath, {"hidden_size": steer_model.hidden_size, "n_layers": steer_model.n_layers}
+    )
+    gen = GenConfig(cfg.steering.max_new_tokens, batch_size=cfg.steering.batch_size)
+    questions = ev.steering_questions(trait, cfg.steering.n_questions)
+    base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cfg.search.coherence_min)
+    setup = Setup(
+        steer_model, trait, vectors, vpath, judge, base, questions, gen, root_of(cfg), rows
+    )
+    _SETUPS[key] = setup
+    return setup
+
+
+def _extract(
+    cfg: DictConfig, trait: TraitData, judge: Judge, cache: Path
+) -> tuple[Path, list[dict]]:
+    """Elicit, judge, vet, capture and extract (each step cached); the vector file to steer
+    with and every elicited response with its score and vetting outcome."""
+    from steerlab.extraction import cached_capture, elicit, extract_vectors, vet
+    from steerlab.judges.base import cached_scores
+
+    ex = cfg.extraction
     src_model = load(cfg.model.extraction if ex.source == "natural" else cfg.model.steering, cfg)
     elicited = elicit(src_model, trait, ex, cache)
     scores = cached_scores(
@@ -167,13 +211,6 @@ def prepare(cfg: DictConfig) -> Setup:
     # keyed by content: other data, vetting or responses never reuse a stale vector file
     out = cache / "vectors" / cfg.model.name / trait.name / ex.source / meta["dataset_hash"]
     paths = extract_vectors(cap, elicited.labels, keep, ex.method, meta, out, ex.val_frac, ex.seed)
-    vpath = paths[(str(pos), cfg.steering.component)]
-    vectors = load_vectors(
-        vpath, {"hidden_size": steer_model.hidden_size, "n_layers": steer_model.n_layers}
-    )
-    gen = GenConfig(cfg.steering.max_new_tokens, batch_size=cfg.steering.batch_size)
-    questions = ev.steering_questions(trait, cfg.steering.n_questions)
-    base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cfg.search.coherence_min)
     rows = [
         {
             "label": "positive" if lab else "negative",
@@ -187,11 +224,7 @@ def prepare(cfg: DictConfig) -> Setup:
             elicited.labels, elicited.contexts, elicited.samples, scores, keep, strict=True
         )
     ]
-    setup = Setup(
-        steer_model, trait, vectors, vpath, judge, base, questions, gen, root_of(cfg), rows
-    )
-    _SETUPS[key] = setup
-    return setup
+    return paths[(str(pos), cfg.steering.component)], rows
 
 
 def steering_config(cfg: DictConfig, setup: Setup) -> Config:
@@ -203,12 +236,21 @@ def steering_config(cfg: DictConfig, setup: Setup) -> Config:
 
         ens = load_ensemble(s.ensemble, root_of(cfg))
         return ens.terms()
+    if s.mix:  # terms from several files; coef scales the whole mix
+        return tuple(_vector_file(m.vector).term(m.layer, m.weight * s.coef, units) for m in s.mix)
     if s.layers:
         weights = s.weights or [s.coef] * len(s.layers)
         return tuple(
             setup.vectors.term(layer, w, units) for layer, w in zip(s.layers, weights, strict=True)
         )
     return (setup.vectors.term(s.layer, s.coef, units),)
+
+
+@functools.cache
+def _vector_file(path: str) -> TraitVectors:
+    from steerlab.vectors import load_vectors
+
+    return load_vectors(Path(path).expanduser())
 
 
 def _result_key(cfg: DictConfig) -> str:
@@ -300,6 +342,13 @@ def run_params(cfg: DictConfig) -> dict[str, Any]:
         "method": cfg.extraction.method,
         "component": cfg.steering.component,
     }
+    if cfg.steering.mix:
+        params["resolved"] |= {"source": "mix", "position": "mix", "method": "mix"}
+    elif cfg.steering.vector:  # describe the given file, not the unused extraction settings
+        side = Path(cfg.steering.vector).expanduser().with_suffix(".json")
+        meta = json.loads(side.read_text()) if side.is_file() else {}
+        params["resolved"] |= {k: meta.get(k, "?") for k in ("source", "position", "method")}
+        params["resolved"]["component"] = meta.get("component", cfg.steering.component)
     return params
 
 
@@ -311,7 +360,7 @@ def _log_trial(
     name = (
         f"trial-{cfg.tracking.trial}"
         if cfg.tracking.trial is not None
-        else f"L{cfg.steering.layer}-c{cfg.steering.coef:g}"
+        else f"{'mix' if cfg.steering.mix else f'L{cfg.steering.layer}'}-c{cfg.steering.coef:g}"
     )
     with tracking.run(
         setup.root,
@@ -346,16 +395,23 @@ def asdict_meta(setup: Setup) -> dict[str, Any]:
     }
 
 
+def where(s: DictConfig) -> str:
+    """Where a steering config steers, in words."""
+    if s.ensemble:
+        return f"ensemble {s.ensemble}"
+    if s.mix:
+        terms = " + ".join(f"L{m.layer}:{Path(m.vector).stem} x {m.weight:g}" for m in s.mix)
+        return f"mix ({terms}) x {s.coef:g} ({s.coef_units})"
+    if s.layers:
+        return f"layers {list(s.layers)} x {list(s.weights or [s.coef] * len(s.layers))}"
+    return f"layer {s.layer} coef {s.coef:g} ({s.coef_units})"
+
+
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> None:
     s = cfg.steering
-    where = (
-        f"layers {list(s.layers)} x {list(s.weights or [])}"
-        if s.layers
-        else (f"layer {s.layer} coef {s.coef:g} ({s.coef_units})")
-    )
     delta = metrics["delta"]
     print(
-        f"\n{cfg.trait.name} @ {where} [{cfg.extraction.source} {position_of(cfg)} "
+        f"\n{cfg.trait.name} @ {where(s)} [{cfg.extraction.source} {position_of(cfg)} "
         f"{cfg.extraction.method} {s.component}]\n"
         f"  trait {metrics['trait']:.1f} (baseline {metrics['baseline']:.1f}, delta "
         f"{delta:+.1f})  coherence {metrics['coherence']:.1f}  "

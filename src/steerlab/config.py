@@ -52,6 +52,15 @@ class ExtractionConfig:
 
 
 @dataclass
+class MixTerm:
+    """One term of `steering.mix`: a layer of any saved vector file, at weight x steering.coef."""
+
+    vector: str = MISSING
+    layer: int = MISSING
+    weight: float = 1.0
+
+
+@dataclass
 class SteeringConfig:
     component: str = "residual"
     layer: int = 10
@@ -60,6 +69,8 @@ class SteeringConfig:
     layers: list[int] | None = None  # ensemble layers (with weights); overrides layer
     weights: list[float] | None = None  # per-layer coefficients for an ensemble
     ensemble: str | None = None  # name or path of a saved ensemble file
+    vector: str | None = None  # steer with this saved vector file instead of extracting one
+    mix: list[MixTerm] = field(default_factory=list)  # terms from several vector files
     n_questions: int | None = None  # None: every held-out steering question
     max_new_tokens: int = 48
     batch_size: int = 32
@@ -97,6 +108,16 @@ class SearchConfig:
 
 
 @dataclass
+class CombineConfig:
+    """A combination strategy placed from the best vectors of an earlier experiment."""
+
+    strategy: str | None = None  # combined@natural_layer | ... | best_single (combinations.py)
+    experiment: str = "model_diff"  # MLflow experiment whose best vectors are combined
+    instruction_run: str | None = None  # set when resolved: the runs the vectors came from
+    natural_run: str | None = None
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = True
     experiment: str | None = None  # default: "<model>/<trait>"
@@ -119,6 +140,7 @@ class Config:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    combine: CombineConfig = field(default_factory=CombineConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     position: Any = None  # shorthand: overrides extraction.position (10 -> response[:10])
     experiment: Any = None

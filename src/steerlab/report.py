@@ -17,6 +17,7 @@ A trial counts ("valid") only when its mean coherence is at least its sweep's
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -27,18 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steerlab.combinations import STRATEGIES
+
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 KIND = "steerlab.kind"
 STRATEGY = "steerlab.strategy"
-STRATEGIES = (
-    "combined@natural_layer",
-    "combined@instruction_layer",
-    "combined@best_layer",
-    "ensemble_half",
-    "best_single",
-)
 SOURCES = ("instruction", "natural")
 METHODS = ("mean_diff", "probe")
 WINDOW = 5.0  # operating range: valid trials whose trait is within this many points of the best
@@ -154,11 +150,19 @@ class Sweep:
         got = _literal(self.params.get("steering.layers"))
         if isinstance(got, list) and got:
             return [int(x) for x in got]
+        mix = _literal(self.params.get("steering.mix"))
+        if isinstance(mix, list) and mix:
+            return [int(m["layer"]) for m in mix if isinstance(m, dict) and "layer" in m]
         best = self.best()
         if best is not None and best.weights:
             return [la for la, _ in best.weights]
         if best is not None and best.layer is not None:
             return [best.layer]
+        fixed = _literal(self.params.get("search.layers"))
+        if isinstance(fixed, list) and len(fixed) == 2 and fixed[0] == fixed[1]:
+            return [int(fixed[0])]
+        if self.trials:  # searched, and nothing valid: no layer to name
+            return []
         layer = _finite(self.metrics.get("best_layer"))
         if layer is None:
             layer = _finite(_float(self.params.get("steering.layer"), math.nan))
@@ -365,6 +369,10 @@ def _literal(text: str | None) -> Any:
     try:
         return json.loads(text)
     except ValueError:
+        pass
+    try:  # params are str() of Python values: lists of dicts come with single quotes
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
         return None
 
 
@@ -440,7 +448,7 @@ def _weights(raw: Any) -> tuple[tuple[int, float], ...]:
         return ()
     out = []
     for k, v in raw.items():
-        m = re.fullmatch(r"w(\d+)", str(k))
+        m = re.fullmatch(r"w(\d+)(?:#\d+)?", str(k))  # w16#2: a second term at L16
         if m and _finite(v) is not None:
             out.append((int(m.group(1)), float(v)))
     return tuple(sorted(out))
@@ -653,7 +661,7 @@ def _cosine(a: Any, b: Any) -> float:
 # gather: the artifacts sections 6 and 8 need
 
 
-def _vector_path(client: Any, trial: Trial, sweep: Sweep) -> str | None:
+def vector_path(client: Any, trial: Trial, sweep: Sweep) -> str | None:
     if trial.vector and trial.vector != "None":
         return trial.vector
     meta = read_artifact(client, sweep.run_id, sweep.artifact_uri, "vector.json")
@@ -673,7 +681,7 @@ def cosine_of(client: Any, group: str, inst: tuple, nat: tuple) -> Cosine:
         [],
         (ti.run_id or si.run_id, tn.run_id or sn.run_id),
     )
-    paths = [_vector_path(client, ti, si), _vector_path(client, tn, sn)]
+    paths = [vector_path(client, ti, si), vector_path(client, tn, sn)]
     if not all(paths):
         base.note = "no vector path logged"
         return base
@@ -1070,6 +1078,26 @@ def _pareto_note(rows: list[Row], ref_label: str) -> str:
     return f"**Pareto note:** at coherence ≥ {HIGH_COHERENCE}, " + "; ".join(parts) + "."
 
 
+def _combined_from(sweeps: list[Sweep]) -> list[str]:
+    """Which runs the combined vectors came from, and which vector `best_single` is."""
+    out = []
+    for s in sweeps:
+        p = s.params
+        inst, nat = p.get("combine.instruction_run"), p.get("combine.natural_run")
+        if inst and nat and inst != "None":
+            src = p.get("combine.experiment", "?")
+            out.append(
+                f"Best vectors from experiment `{src}`: instruction trial {short(inst)}, "
+                f"natural trial {short(nat)}."
+            )
+            break
+    single = next((s for s in sweeps if s.strategy == "best_single"), None)
+    if single is not None and single.source in SOURCES:
+        name = key_name(single.source, single.position, single.method, single.component)
+        out.append(f"`best_single` is `{name}` ({single.source}).")
+    return [" ".join(out), ""] if out else []
+
+
 def section_combinations(report: Report) -> list[str]:
     out = ["## 7. Combination strategies and ensembles vs best single", ""]
     combos = [s for s in report.extra if s.strategy]
@@ -1084,6 +1112,7 @@ def section_combinations(report: Report) -> list[str]:
         ss.sort(key=lambda s: (_order(_strategy_label(s), STRATEGIES), s.run_id))
         rows = [Row.of(_strategy_label(s), s) for s in ss]
         out += [f"### Combination strategies — {group}", ""]
+        out += _combined_from(ss)
         out += _comparison_table(rows) + ["", _pareto_note(rows, "best_single"), ""]
     by_group = {}
     for s in others:

@@ -9,6 +9,7 @@ run; the parent records the best valid trial and the Pareto frontier.
 import itertools
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,12 @@ class SteerlabSweeper(Sweeper):
         cfg = self._compose(combo)
         app.validate(cfg)
         try:  # extraction, vetting and baseline once, before any trial is asked
+            if cfg.combine.strategy and not cfg.combine.instruction_run:
+                from steerlab.combinations import resolve
+
+                combo = [*combo, *resolve(cfg)]  # trials inherit the placed vectors
+                cfg = self._compose(combo)
+                app.validate(cfg)
             app.prepare(cfg)
         except (ValueError, FileNotFoundError) as e:
             log.error("study %s skipped: %s", " ".join(combo), e)
@@ -105,7 +112,9 @@ class SteerlabSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         n_layers, _ = shape_of(cfg.model.steering)
         lo, hi = search.layers if search.layers else (0, n_layers - 1)
-        strategy = make_strategy(search, list(range(lo, hi + 1)), cfg.steering.layers)
+        strategy = make_strategy(
+            search, list(range(lo, hi + 1)), cfg.steering.layers, scale_only=bool(cfg.steering.mix)
+        )
         multi = bool(search.multi_objective) and search.sampler not in (
             "adaptive",
             "cmaes_ensemble",
@@ -129,7 +138,7 @@ class SteerlabSweeper(Sweeper):
             study.set_user_attr("enqueued", True)
         parent = self._parent_run(cfg, study, sweep_dir, storage)
         grid_size = (
-            len(strategy.grid_space()["layer"]) * len(strategy.grid_space()["coef"])
+            math.prod(len(v) for v in strategy.grid_space().values())
             if search.sampler == "grid"
             else None
         )
@@ -165,6 +174,7 @@ class SteerlabSweeper(Sweeper):
             app.run_params(cfg),
             tags={
                 "steerlab.kind": "sweep",
+                **({"steerlab.strategy": cfg.combine.strategy} if cfg.combine.strategy else {}),
                 "steerlab.sweep_dir": str(sweep_dir),
                 "optuna.storage": storage,
                 "optuna.study": study.study_name,
@@ -239,16 +249,24 @@ class SteerlabSweeper(Sweeper):
         from steerlab.search.pareto import frontier, plot_frontier, plot_heatmap
 
         rows = []
+        mix = cfg.steering.mix
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            layer = t.params.get("layer", cfg.steering.layer)
+            weights = {k: round(v, 4) for k, v in t.params.items() if k.startswith("w")}
+            if mix:  # each term's effective coef; a layer's second term is "w<layer>#2"
+                weights = {}
+                for m in mix:
+                    k = n = f"w{m.layer}"
+                    for i in itertools.count(2):
+                        if k not in weights:
+                            break
+                        k = f"{n}#{i}"
+                    weights[k] = round(m.weight * t.params["coef"], 4)
             rows.append(
                 {
                     "trial": t.number,
-                    "layer": layer,
+                    "layer": t.params.get("layer", mix[0].layer if mix else cfg.steering.layer),
                     "coef": t.params.get("coef", float("nan")),
-                    "weights": json.dumps(
-                        {k: round(v, 4) for k, v in t.params.items() if k.startswith("w")}
-                    ),
+                    "weights": json.dumps(weights),
                     "trait": t.user_attrs["trait"],
                     "coherence": t.user_attrs["coherence"],
                     "delta": t.user_attrs["delta"],
@@ -280,9 +298,11 @@ class SteerlabSweeper(Sweeper):
                 plot_heatmap,
             )
         ensemble = cfg.search.sampler == "cmaes_ensemble"
+        study_of = cfg.combine.strategy or (
+            f"{cfg.extraction.source} {app.position_of(cfg)} {cfg.extraction.method}"
+        )
         lines = [
-            f"\n== {cfg.trait.name} [{cfg.extraction.source} {app.position_of(cfg)} "
-            f"{cfg.extraction.method} {cfg.steering.component}, {cfg.search.sampler}]: "
+            f"\n== {cfg.trait.name} [{study_of} {cfg.steering.component}, {cfg.search.sampler}]: "
             f"{len(rows)} trials done, {failed} failed; study {storage}"
         ]
         lines.append(f"{'trial':>5} {'layer':>5} {'coef':>8} {'trait':>6} {'coh':>6} {'delta':>6}")
@@ -295,7 +315,7 @@ class SteerlabSweeper(Sweeper):
         if best:
             what = (
                 f"weights {best['weights']}"
-                if ensemble
+                if ensemble or cfg.steering.mix
                 else f"layer {best['layer']} coef {best['coef']:.3g}"
             )
             lines.append(
@@ -367,8 +387,8 @@ class SteerlabSweeper(Sweeper):
                 mlflow.log_metric("best_delta_at_coherence_85", float(best85["delta"]))
             mlflow.set_tags({"optuna.storage": storage, "steerlab.sweep_dir": str(sweep_dir)})
             setup = app.prepare(cfg)
-            ex = setup.extraction_rows
-            mlflow.log_table({k: [r[k] for r in ex] for k in ex[0]}, "extraction.json")
+            if ex := setup.extraction_rows:  # none when steering a given vector file
+                mlflow.log_table({k: [r[k] for r in ex] for k in ex[0]}, "extraction.json")
             mlflow.log_dict(app.asdict_meta(setup), "vector.json")
             mlflow.log_table(
                 {k: [r[k] for r in setup.base.rows] for k in setup.base.rows[0]}, "baseline.json"

@@ -39,7 +39,14 @@ class Strategy:
 
     penalised = False
 
-    def __init__(self, search: Any, layers: list[int], ens_layers: list[int] | None = None):
+    def __init__(
+        self,
+        search: Any,
+        layers: list[int],
+        ens_layers: list[int] | None = None,
+        scale_only: bool = False,
+    ):
+        """`scale_only`: the layers are fixed (a `steering.mix`); search coef alone."""
         self.search = search
         self.layers = layers
         lo, hi = search.coef
@@ -47,22 +54,25 @@ class Strategy:
             "layer": IntDistribution(min(layers), max(layers)),
             "coef": FloatDistribution(lo, hi, log=True),
         }
+        if scale_only:
+            del self.dists["layer"]
         self.penalised = search.sampler == "cmaes"
 
     def grid_space(self) -> dict[str, list[Any]]:
         lo, hi = self.search.coef
         k = int(self.search.options.get("coef_points", 4))
         coefs = [lo * (hi / lo) ** (i / max(k - 1, 1)) for i in range(k)]
-        return {"layer": list(self.layers), "coef": [round(c, 6) for c in coefs]}
+        space = {"layer": list(self.layers), "coef": [round(c, 6) for c in coefs]}
+        return {k: v for k, v in space.items() if k in self.dists}
 
     def propose(self, study: optuna.Study, n: int) -> list[optuna.trial.Trial]:
         return [study.ask(self.dists) for _ in range(n)]
 
     def overrides(self, trial: optuna.trial.BaseTrial) -> list[str]:
-        return [
-            f"steering.layer={trial.params['layer']}",
-            f"steering.coef={trial.params['coef']:.6g}",
-        ]
+        out = [f"steering.coef={trial.params['coef']:.6g}"]
+        if "layer" in trial.params:
+            out.insert(0, f"steering.layer={trial.params['layer']}")
+        return out
 
     def values(self, trait: float, coherence: float, feasible: bool, multi: bool) -> list[float]:
         if multi:
@@ -179,6 +189,15 @@ class CmaEnsemble(Strategy):
         return -trait if coherence >= threshold else 1000.0 + (threshold - coherence)
 
 
-def make_strategy(search: Any, layers: list[int], ens_layers: list[int] | None) -> Strategy:
+def make_strategy(
+    search: Any, layers: list[int], ens_layers: list[int] | None, scale_only: bool = False
+) -> Strategy:
+    if scale_only:
+        if search.sampler in ("adaptive", "cmaes_ensemble"):
+            raise ValueError(
+                f"search.sampler={search.sampler} searches layers; a steering.mix fixes them "
+                "(use tpe, gp, nsga2, cmaes or grid)"
+            )
+        return Strategy(search, layers, scale_only=True)
     cls = {"adaptive": Adaptive, "cmaes_ensemble": CmaEnsemble}.get(search.sampler, Strategy)
     return cls(search, layers, ens_layers)
