@@ -127,3 +127,70 @@ def test_bad_input_fails_fast_with_one_line(tmp_path, cache, override, message):
     err = [line for line in proc.stderr.splitlines() if line.startswith("steerlab: error:")]
     assert len(err) == 1 and message in err[0], proc.stderr[-2000:]
     assert not (tmp_path / "mlruns").exists()  # failed before any work
+
+
+@pytest.mark.slow
+def test_combinations_place_the_best_vectors_of_model_diff(tmp_path, cache):
+    import torch
+
+    from steerlab.combinations import STRATEGIES, combine, find_best
+    from steerlab.vectors import load_vectors
+
+    common = [
+        "extraction.max_pairs=40",
+        "extraction.vet.enabled=false",
+        "steering.n_questions=2",
+        "steering.max_new_tokens=16",
+        "search.coherence_min=0",
+        "search.n_trials=2",
+        "search.batch_size=2",
+        "search.layers=[10,14]",
+    ]
+    # a small model_diff of one trait and method: instruction [:] and natural [:5] [:10] [:15]
+    steerlab(tmp_path, cache, "-m", "experiment=model_diff", "trait=evil",
+             "extraction.method=mean_diff", *common)  # fmt: skip
+    found = find_best(tmp_path, "model_diff", "smollm2-135m", "evil")
+    inst, nat = found["instruction"], found["natural"]
+    single = max((inst, nat), key=lambda b: b.trait)
+
+    # no model_diff results for this trait, or other judging settings: one clear error, no study
+    missing = steerlab(tmp_path, cache, "-m", "experiment=combinations", "trait=sycophancy",
+                       *common, check=False)  # fmt: skip
+    assert missing.returncode != 0
+    assert "run `python -m steerlab -m experiment=model_diff trait=sycophancy" in missing.stderr
+    other = steerlab(tmp_path, cache, "-m", "experiment=combinations", "trait=evil", *common,
+                     "steering.n_questions=3", check=False)  # fmt: skip
+    assert other.returncode != 0 and "steering.n_questions=3 here but 2" in other.stderr
+
+    steerlab(tmp_path, cache, "-m", "experiment=combinations", "trait=evil", *common)
+    client, sweeps = runs(tmp_path, "sweep")
+    by = {s.data.tags.get("steerlab.strategy"): s for s in sweeps}
+    assert set(STRATEGIES) <= set(by)
+
+    def trials(strategy):
+        rows = json.loads((Path(by[strategy].data.tags["steerlab.sweep_dir"]) / "trials.json")
+                          .read_text())  # fmt: skip
+        return sorted(rows, key=lambda r: r["trial"])
+
+    # the combined vector is the renormalised sum of the two best files' unit rows
+    combined = load_vectors(Path(by["combined@natural_layer"].data.params["steering.vector"]))
+    want = combine(load_vectors(Path(inst.vector)), load_vectors(Path(nat.vector)))
+    assert torch.allclose(combined.vectors, want.vectors, atol=1e-6)
+    assert {r["layer"] for r in trials("combined@natural_layer")} == {nat.layer}
+    assert {r["layer"] for r in trials("combined@instruction_layer")} == {inst.layer}
+    # half strength first: each source at half its best coef, at its best layer
+    half = json.loads(trials("ensemble_half")[0]["weights"])
+    assert sorted(half.values()) == pytest.approx(sorted([inst.coef / 2, nat.coef / 2]), abs=1e-4)
+    # best_single's first trial is model_diff's best configuration, and scores the same
+    first = trials("best_single")[0]
+    assert (first["layer"], first["coef"]) == (single.layer, pytest.approx(single.coef, rel=1e-5))
+    assert first["trait"] == pytest.approx(single.trait, abs=1e-6)
+
+    out = tmp_path / "report"
+    subprocess.run([sys.executable, "-m", "steerlab.report", "--root", str(tmp_path), "--out",
+                    str(out), "--no-log"], cwd=REPO, check=True, timeout=600)  # fmt: skip
+    text = (out / "report.md").read_text()
+    section = text[text.index("### Combination strategies — evil") :]
+    for strategy in STRATEGIES:
+        assert f"| {strategy} |" in section
+    assert f"`best_single` is `{single.key}`" in section

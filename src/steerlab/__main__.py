@@ -27,6 +27,7 @@ def main(cfg: DictConfig) -> dict[str, float | None]:
     if hc.mode.name == "MULTIRUN":
         return app.run_job(cfg, job_dir)  # the sweeper records failures and carries on
     try:
+        app.validate(cfg)
         if cfg.combine.strategy:  # a strategy places a whole study, not one configuration
             raise app.ConfigError(
                 f"combine.strategy={cfg.combine.strategy} places a study: run it with -m "
