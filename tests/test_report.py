@@ -260,6 +260,31 @@ def store(tmp_path_factory):
         tags={"steerlab.strategy": "combined@instruction_layer"},
         children=False,
     )
+    ids["half"], _ = _sweep(  # two terms at one layer (both best vectors at L5)
+        root,
+        "combinations",
+        _params(
+            "evil",
+            "mix",
+            "mix",
+            "mix",
+            mix=[{"vector": "/v/a.safetensors", "layer": 5, "weight": 0.1}] * 2,
+        ),
+        [
+            dict(
+                layer=5,
+                coef=1.0,
+                weights={"w5": 0.1, "w5#2": 0.25},
+                trait=9.0,
+                coherence=90.0,
+                delta=6.0,
+            )
+        ],  # fmt: skip
+        baseline=3.0,
+        d85=6.0,
+        tags={"steerlab.strategy": "ensemble_half"},
+        children=False,
+    )
     ids["single"], _ = _sweep(
         root,
         "combinations",
@@ -302,7 +327,7 @@ def test_cross_trait_rows(built):
 def test_header_traces_the_store(built):
     root, _, _, md = built
     assert f"Tracking URI: `sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}`" in md
-    assert "`model_diff` (5 sweeps), `ensembles` (1 sweep), `combinations` (2 sweeps)" in md
+    assert "`model_diff` (5 sweeps), `ensembles` (1 sweep), `combinations` (3 sweeps)" in md
 
 
 def test_positions_methods_layers(built):
@@ -355,6 +380,11 @@ def test_combinations_and_ensembles(built):
         f"| {_s(ids['combo'])} |"
     ) in combo
     assert combo.index("combined@instruction_layer |") < combo.index("| best_single |")
+    assert "`best_single` is `inst_md` (instruction)." in combo
+    assert (
+        f"| ensemble_half | L5+L5 | residual | L5=0.1, L5=0.25 | 9.0 | 90.0 | +6.0 | +6.0 "
+        f"| {_s(ids['half'])} |"
+    ) in combo
     assert (
         "**Pareto note:** at coherence ≥ 85, the best single reaches +2.0; "
         f"`combined@instruction_layer` reaches +11.0 ({_s(ids['combo'])}) — better on the "

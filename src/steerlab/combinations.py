@@ -16,11 +16,10 @@ Each study first tries the source's own best coefficient(s) (enqueued).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from steerlab.cache import digest
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -126,11 +125,11 @@ def combined_file(inst: Best, nat: Best, cache: Path) -> Path:
     """The combined vector of two files, written once under the cache (content-addressed)."""
     from steerlab.vectors import load_vectors
 
-    a, b = load_vectors(Path(inst.vector)), load_vectors(Path(nat.vector))
-    tag = digest(a.vectors.tolist(), b.vectors.tolist(), a.norms, b.norms)
+    files = [Path(inst.vector), Path(nat.vector)]
+    tag = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
     path = cache / "vectors" / "combined" / f"{tag}.safetensors"
     if not path.is_file():
-        vec = combine(a, b)
+        vec = combine(load_vectors(files[0]), load_vectors(files[1]))
         vec.meta["combined_from"] = [inst.vector, nat.vector]
         vec.save(path)
     return path

@@ -334,6 +334,7 @@ class SteerlabSweeper(Sweeper):
     def _save_ensemble(cfg: DictConfig, best: dict) -> None:
         from steerlab import app
         from steerlab.ensembles import Ensemble, save_ensemble
+        from steerlab.report import key_name
 
         setup = app.prepare(cfg)
         ws = json.loads(best["weights"])
@@ -347,7 +348,12 @@ class SteerlabSweeper(Sweeper):
             best["trait"],
             best["coherence"],
         )
-        name = f"{cfg.trait.name}-{cfg.steering.component}-" + "-".join(f"L{la}" for la in layers)
+        vec = key_name(
+            cfg.extraction.source, app.position_of(cfg), cfg.extraction.method, "residual"
+        )  # e.g. evil-nat10_md-attn_contribution-L11-L13: methods and sources never collide
+        name = f"{cfg.trait.name}-{vec}-{cfg.steering.component}-" + "-".join(
+            f"L{la}" for la in layers
+        )
         path = save_ensemble(ens, name, app.root_of(cfg))
         log.info("saved ensemble %s (use steering.ensemble=%s)", path, name)
         print(f"saved ensemble: {path}  ->  python -m steerlab steering.ensemble={name} ...")
