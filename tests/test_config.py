@@ -10,7 +10,17 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from steerlab.config import register
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["model", "trait", "extraction", "steering", "judge", "search", "tracking", "experiment"]
+GROUPS = [
+    "model",
+    "trait",
+    "extraction",
+    "steering",
+    "judge",
+    "search",
+    "tracking",
+    "experiment",
+    "size",
+]
 register()
 
 
@@ -52,3 +62,17 @@ def test_wrong_type_fails():
 def test_unknown_trait_lists_choices():
     with pytest.raises(ConfigCompositionException, match=r"(?s)trait/nope.*evil.*hallucination"):
         _compose("trait=nope")
+
+
+def test_size_presets_apply_after_the_experiment_and_before_the_command_line():
+    cfg = _compose("experiment=model_diff", "size=cpu")
+    assert (cfg.search.n_trials, cfg.steering.n_questions, cfg.extraction.max_pairs) == (6, 4, 80)
+    assert _compose("experiment=model_diff").search.n_trials == 8  # the overlay's own
+    assert _compose("experiment=model_diff", "size=cpu", "search.n_trials=3").search.n_trials == 3
+    ref = _compose("experiment=combinations", "size=reference")
+    assert (ref.search.n_trials, ref.steering.n_questions, ref.extraction.max_pairs) == (
+        40,
+        None,
+        None,
+    )
+    assert ref.hydra.sweep.dir.endswith("/evil/combinations/None")  # the overlay's own dir

@@ -144,6 +144,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     position: Any = None  # shorthand: overrides extraction.position (10 -> response[:10])
     experiment: Any = None
+    size: Any = None
     seed: int = 0
 
 
