@@ -49,3 +49,11 @@ def test_roundtrip_and_slug():
         assert str(parse_position(spec)) == spec
     assert parse_position(10).slug == "response__10"
     assert parse_position("all").slug == "response"
+
+
+@pytest.mark.parametrize(
+    ("spec", "tag"),
+    [(10, "10"), ("all", "all"), ("response[:5]", "5"), ("response[2:8]", "response_2_8")],
+)
+def test_position_folder_tags(spec, tag):
+    assert parse_position(spec).tag == tag

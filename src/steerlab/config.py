@@ -148,7 +148,20 @@ class Config:
     seed: int = 0
 
 
+def position_tag(position: Any, default: str) -> str:
+    """The effective extraction position as a folder name (`10`, `all`, ...)."""
+    from steerlab.positions import parse_position
+
+    try:
+        return parse_position(position if position is not None else default).tag
+    except ValueError:  # reported with a clear message by the app's validation
+        return "invalid"
+
+
 def register() -> None:
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name="steerlab_schema", node=Config)
+    if not OmegaConf.has_resolver("steerlab_position"):
+        OmegaConf.register_new_resolver("steerlab_position", position_tag)

@@ -42,6 +42,13 @@ class Position:
         """A filesystem-safe name: response[:10] -> response__10."""
         return re.sub(r"[^A-Za-z0-9_-]", "_", str(self)).rstrip("_") or "all"
 
+    @property
+    def tag(self) -> str:
+        """A short folder name: the shorthands `10` and `all` where they apply, else the slug."""
+        if self.span == "response" and self.start is None and self.index is None:
+            return "all" if self.stop is None else str(self.stop)
+        return self.slug
+
     def bounds(self, prompt_len: int, response_len: int) -> tuple[int, int]:
         """Absolute [start, stop) token indices in prompt + response; may be empty."""
         offset, length = {

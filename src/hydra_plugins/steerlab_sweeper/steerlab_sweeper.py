@@ -64,9 +64,7 @@ class SteerlabSweeper(Sweeper):
     ) -> None:
         self.config = config
         self.hydra_context = hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function
-        )
+        self.task_function = task_function
 
     def sweep(self, arguments: list[str]) -> list[dict[str, Any]]:
         combos = _combos(arguments, self.params, self.arms)
@@ -110,6 +108,11 @@ class SteerlabSweeper(Sweeper):
         search = cfg.search
         sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        # a launcher per study: built on the master config it would also create that config's
+        # (unused) sweep folder
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=cfg, hydra_context=self.hydra_context, task_function=self.task_function
+        )
         n_layers, _ = shape_of(cfg.model.steering)
         lo, hi = search.layers if search.layers else (0, n_layers - 1)
         strategy = make_strategy(
