@@ -73,6 +73,13 @@ def test_sweep_logs_trials_and_resumes(tmp_path, cache):
     assert len(runs(tmp_path, "trial")[1]) == 6
     assert len(json.loads((sweep_dir / "trials.json").read_text())) == 6
 
+    # resuming under other evaluation settings would mix incomparable trials: refused, nothing lost
+    other = steerlab(tmp_path, cache, "-m", *SMALL, "steering.max_new_tokens=12",
+                     "search.n_trials=8", check=False)  # fmt: skip
+    assert other.returncode != 0
+    assert "steering.max_new_tokens: 16 -> 12" in other.stdout + other.stderr
+    assert len(runs(tmp_path, "trial")[1]) == 6
+
 
 @pytest.mark.slow
 def test_single_run_prints_summary(tmp_path, cache):

@@ -322,6 +322,29 @@ def run_job(cfg: DictConfig, job_dir: Path | None = None) -> dict[str, Any]:
     return metrics
 
 
+def study_settings(cfg: DictConfig) -> dict[str, str]:
+    """What a study's scores depend on, less what its search varies and how fast it runs."""
+    from steerlab.tracking import flatten
+
+    def part(name: str, drop: tuple[str, ...]) -> dict[str, Any]:
+        d = OmegaConf.to_container(cfg[name], resolve=True)
+        return {k: v for k, v in d.items() if k not in drop}  # type: ignore[union-attr]
+
+    speed = ("batch_size", "concurrency", "max_retries", "backoff", "timeout")
+    return flatten(
+        {
+            "model": part("model", ()),
+            "trait": part("trait", ()),
+            "extraction": part("extraction", speed),
+            "position": position_of(cfg),
+            "steering": part("steering", ("layer", "coef", "weights", *speed)),
+            "judge": part("judge", speed),
+            "search": part("search", ("n_trials", "enqueue", "options", *speed)),
+            "combine": part("combine", ()),
+        }
+    )
+
+
 def experiment_name(cfg: DictConfig) -> str:
     return cfg.tracking.experiment or f"{cfg.model.name}/{cfg.trait.name}"
 

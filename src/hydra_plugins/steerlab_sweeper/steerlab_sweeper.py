@@ -54,6 +54,25 @@ def _combos(arguments: list[str], params: dict[str, str], arms: list[str]) -> li
     return [arm.split() + c for arm in (arms or [""]) for c in grid]
 
 
+SETTINGS = "settings.json"  # what a study's trials were evaluated under
+
+
+def _check_settings(sweep_dir: Path, now: dict[str, str]) -> None:
+    """Refuse to resume a study under other evaluation settings: its trials would not compare."""
+    path = sweep_dir / SETTINGS
+    if not path.is_file():
+        return
+    then = json.loads(path.read_text())
+    diff = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+    if diff:
+        shown = ", ".join(f"{k}: {then.get(k)} -> {now.get(k)}" for k in diff[:4])
+        more = f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""
+        raise ValueError(
+            f"the study in {sweep_dir} was run with other settings ({shown}{more}); run it "
+            f"with its settings ({path}), or move the folder away to start a new study"
+        )
+
+
 class SteerlabSweeper(Sweeper):
     def __init__(self, params: dict[str, str] | None = None, arms: list[str] | None = None):
         self.params = dict(params or {})
@@ -96,6 +115,7 @@ class SteerlabSweeper(Sweeper):
                 combo = [*combo, *resolve(cfg)]  # trials inherit the placed vectors
                 cfg = self._compose(combo)
                 app.validate(cfg)
+            _check_settings(Path(str(cfg.hydra.sweep.dir)).resolve(), app.study_settings(cfg))
             app.prepare(cfg)
         except (ValueError, FileNotFoundError) as e:
             log.error("study %s skipped: %s", " ".join(combo), e)
@@ -135,6 +155,9 @@ class SteerlabSweeper(Sweeper):
             # in flight when a run was killed: attributes first, a finished trial is read-only
             study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             study.tell(t.number, state=TrialState.FAIL)
+        settings = sweep_dir / SETTINGS
+        if not settings.is_file():
+            settings.write_text(json.dumps(app.study_settings(cfg), indent=1))
         if not study.user_attrs.get("enqueued"):
             for params in search.enqueue:
                 study.enqueue_trial(dict(params))
