@@ -6,11 +6,13 @@ PIP    := $(PY) -m pip
 ARGS   ?=
 PORT   ?= 5000
 ROOT   ?= $(CURDIR)
+SIZE   ?= cpu
+OUT    ?= docs/report
 # llama.cpp's OpenAI-compatible server, used by the judge integration test (built once, ~7 min)
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast lint ui bench clean
+.PHONY: help setup run experiments report test test-fast lint ui bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +34,14 @@ setup: $(VENV)/.installed  ## create .venv and install everything (idempotent)
 
 run: setup  ## the main job: search layer x coef for evil on the embedded model (ARGS=... to add overrides)
 	$(PY) -m steerlab -m trait=evil position=10 $(ARGS)
+
+experiments: setup  ## model_diff, then combinations and ensembles, into ROOT (SIZE=cpu|reference; ~40 min on 2 cores)
+	$(PY) -m steerlab -m experiment=model_diff size=$(SIZE) paths.root=$(ROOT) $(ARGS)
+	$(PY) -m steerlab -m experiment=combinations size=$(SIZE) paths.root=$(ROOT) $(ARGS)
+	$(PY) -m steerlab -m experiment=ensembles size=$(SIZE) paths.root=$(ROOT) $(ARGS)
+
+report: setup  ## the Markdown report of ROOT's MLflow store into OUT (default docs/report)
+	$(PY) -m steerlab.report --root $(ROOT) --experiment model_diff --out $(OUT)
 
 test: setup $(VENV)/.server  ## every test, including the real-server and embedded-model ones
 	$(PY) -m pytest $(ARGS)
