@@ -35,7 +35,7 @@ setup: $(VENV)/.installed  ## create .venv and install everything (idempotent)
 run: setup  ## the main job: search layer x coef for evil on the embedded model (ARGS=... to add overrides)
 	$(PY) -m steerlab -m trait=evil position=10 $(ARGS)
 
-experiments: setup  ## model_diff, then combinations and ensembles, into ROOT (SIZE=cpu|reference; ~40 min on 2 cores)
+experiments: setup  ## model_diff, then combinations and ensembles, into ROOT (SIZE=cpu|reference; ~30 min on 2 cores with cpu)
 	$(PY) -m steerlab -m experiment=model_diff size=$(SIZE) paths.root=$(ROOT) $(ARGS)
 	$(PY) -m steerlab -m experiment=combinations size=$(SIZE) paths.root=$(ROOT) $(ARGS)
 	$(PY) -m steerlab -m experiment=ensembles size=$(SIZE) paths.root=$(ROOT) $(ARGS)
