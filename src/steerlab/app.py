@@ -166,6 +166,8 @@ def prepare(cfg: DictConfig) -> Setup:
     vectors = load_vectors(
         vpath, {"hidden_size": steer_model.hidden_size, "n_layers": steer_model.n_layers}
     )
+    if vectors.meta.get("trait", trait.name) != trait.name:  # allowed: cross-trait steering
+        log.warning("%s is a %r vector; judged as %r", vpath, vectors.meta["trait"], trait.name)
     gen = GenConfig(cfg.steering.max_new_tokens, batch_size=cfg.steering.batch_size)
     questions = ev.steering_questions(trait, cfg.steering.n_questions)
     base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cfg.search.coherence_min)
@@ -433,9 +435,10 @@ def where(s: DictConfig) -> str:
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> None:
     s = cfg.steering
     delta = metrics["delta"]
+    v = run_params(cfg)["resolved"]  # a given vector file describes itself
     print(
-        f"\n{cfg.trait.name} @ {where(s)} [{cfg.extraction.source} {position_of(cfg)} "
-        f"{cfg.extraction.method} {s.component}]\n"
+        f"\n{cfg.trait.name} @ {where(s)} [{v['source']} {v['position']} {v['method']} "
+        f"{v['component']}]\n"
         f"  trait {metrics['trait']:.1f} (baseline {metrics['baseline']:.1f}, delta "
         f"{delta:+.1f})  coherence {metrics['coherence']:.1f}  "
         f"valid={bool(metrics['valid'])} (coherence >= {cfg.search.coherence_min:g})\n"
