@@ -459,6 +459,33 @@ def _int(value: Any) -> int | None:
     return None if x is None else int(x)
 
 
+def _trial(
+    number: int | None,
+    layer: int | None,
+    coef: float | None,
+    weights: tuple[tuple[int, float], ...],
+    scores: tuple[float, float, float],
+    cmin: float,
+    kid: Any = None,
+) -> Trial:
+    """A Trial: valid iff coherence >= cmin; an ensemble has weights instead of layer/coef;
+    its child run (when found) gives the run id, artifacts and vector file."""
+    trait, coh, delta = scores
+    return Trial(
+        number=number,
+        layer=None if weights else layer,
+        coef=None if weights else coef,
+        weights=weights,
+        trait=trait,
+        coherence=coh,
+        delta=delta,
+        valid=coh >= cmin,
+        run_id=kid.info.run_id if kid else None,
+        artifact_uri=kid.info.artifact_uri if kid else None,
+        vector=kid.data.tags.get("steerlab.vector") if kid else None,
+    )
+
+
 def _trials_from_table(rows: list[dict], kids: dict[str, Any], cmin: float) -> list[Trial]:
     out = []
     for r in rows:
@@ -466,21 +493,15 @@ def _trials_from_table(rows: list[dict], kids: dict[str, Any], cmin: float) -> l
         if trait is None or coh is None or delta is None:
             continue
         number = _int(r.get("trial"))
-        kid = kids.get(str(number))
-        weights = _weights(r.get("weights"))
         out.append(
-            Trial(
-                number=number,
-                layer=None if weights else _int(r.get("layer")),
-                coef=None if weights else _finite(r.get("coef")),
-                weights=weights,
-                trait=trait,
-                coherence=coh,
-                delta=delta,
-                valid=coh >= cmin,
-                run_id=kid.info.run_id if kid else None,
-                artifact_uri=kid.info.artifact_uri if kid else None,
-                vector=kid.data.tags.get("steerlab.vector") if kid else None,
+            _trial(
+                number,
+                _int(r.get("layer")),
+                _finite(r.get("coef")),
+                _weights(r.get("weights")),
+                (trait, coh, delta),
+                cmin,
+                kids.get(str(number)),
             )
         )
     return out
@@ -502,18 +523,14 @@ def _trial_from_child(number: str, kid: Any, cmin: float) -> Trial | None:
         coef = _float(p.get("steering.coef"), math.nan)
         ws = ws if isinstance(ws, list) and len(ws) == len(layers) else [coef] * len(layers)
         weights = tuple(sorted((int(la), float(w)) for la, w in zip(layers, ws, strict=True)))
-    return Trial(
-        number=_int(number),
-        layer=None if weights else _int(p.get("steering.layer")),
-        coef=None if weights else _finite(p.get("steering.coef")),
-        weights=weights,
-        trait=trait,
-        coherence=coh,
-        delta=delta,
-        valid=coh >= cmin,
-        run_id=kid.info.run_id,
-        artifact_uri=kid.info.artifact_uri,
-        vector=kid.data.tags.get("steerlab.vector"),
+    return _trial(
+        _int(number),
+        _int(p.get("steering.layer")),
+        _finite(p.get("steering.coef")),
+        weights,
+        (trait, coh, delta),
+        cmin,
+        kid,
     )
 
 
@@ -523,15 +540,13 @@ def _trial_from_metrics(metrics: dict[str, float], cmin: float) -> list[Trial]:
     if trait is None or coh is None or delta is None:
         return []
     return [
-        Trial(
-            number=_int(metrics.get("best_trial")),
-            layer=_int(metrics.get("best_layer")),
-            coef=_finite(metrics.get("best_coef")),
-            weights=(),
-            trait=trait,
-            coherence=coh,
-            delta=delta,
-            valid=coh >= cmin,
+        _trial(
+            _int(metrics.get("best_trial")),
+            _int(metrics.get("best_layer")),
+            _finite(metrics.get("best_coef")),
+            (),
+            (trait, coh, delta),
+            cmin,
         )
     ]
 
