@@ -27,8 +27,8 @@ def main(cfg: DictConfig) -> dict[str, float | None]:
     if hc.mode.name == "MULTIRUN":
         return app.run_job(cfg, job_dir)  # the sweeper records failures and carries on
     try:
-        app.validate(cfg)
         if cfg.combine.strategy:  # a strategy places a whole study, not one configuration
+            app.validate(cfg)  # an unknown strategy name is reported as such
             raise app.ConfigError(
                 f"combine.strategy={cfg.combine.strategy} places a study: run it with -m "
                 "(or steer a saved file with steering.vector=...)"

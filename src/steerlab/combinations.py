@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -179,7 +179,8 @@ def plan(strategy: str, inst: Best, nat: Best, combined: Path) -> list[str]:
 
 def resolve(cfg: DictConfig) -> list[str]:
     """Overrides for `cfg.combine.strategy`, from the best vectors in `cfg.combine.experiment`."""
-    from steerlab.app import cache_of, root_of
+    from steerlab.app import cache_of, root_of, run_params
+    from steerlab.tracking import flatten
 
     c = cfg.combine
     root = root_of(cfg)
@@ -192,7 +193,7 @@ def resolve(cfg: DictConfig) -> list[str]:
             f"{c.experiment!r} ({root / 'mlruns'}); run `python -m steerlab -m "
             f"experiment={c.experiment} trait={cfg.trait.name} paths.root={root}` first"
         )
-    here = _flat(cfg)
+    here = flatten(run_params(cfg))  # as the source studies logged theirs
     for b in found.values():
         for name in MUST_MATCH:
             theirs = b.params.get(name)
@@ -204,14 +205,3 @@ def resolve(cfg: DictConfig) -> list[str]:
                 )
     combined = combined_file(found["instruction"], found["natural"], cache_of(cfg))
     return plan(str(c.strategy), found["instruction"], found["natural"], combined)
-
-
-def _flat(cfg: DictConfig) -> dict[str, str]:
-    from omegaconf import OmegaConf
-
-    from steerlab.tracking import flatten
-
-    picked: dict[str, Any] = {
-        k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("steering", "judge")
-    }
-    return flatten(picked)

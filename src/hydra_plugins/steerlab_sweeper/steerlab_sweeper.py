@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,14 +280,14 @@ class SteerlabSweeper(Sweeper):
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             weights = {k: round(v, 4) for k, v in t.params.items() if k.startswith("w")}
             if mix:  # each term's effective coef; a layer's second term is "w<layer>#2"
+                seen: Counter[int] = Counter()
                 weights = {}
                 for m in mix:
-                    k = n = f"w{m.layer}"
-                    for i in itertools.count(2):
-                        if k not in weights:
-                            break
-                        k = f"{n}#{i}"
-                    weights[k] = round(m.weight * t.params["coef"], 4)
+                    seen[m.layer] += 1
+                    n = seen[m.layer]
+                    weights[f"w{m.layer}" + (f"#{n}" if n > 1 else "")] = round(
+                        m.weight * t.params["coef"], 4
+                    )
             rows.append(
                 {
                     "trial": t.number,
