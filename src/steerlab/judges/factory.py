@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -17,15 +16,12 @@ BACKENDS = ("offline", "openai", "hf")
 
 def _plain(cfg: Any) -> dict[str, Any]:
     """A judge config (DictConfig, dataclass or mapping) as a plain dict."""
+    from omegaconf import DictConfig, OmegaConf
+
     if is_dataclass(cfg) and not isinstance(cfg, type):
         return asdict(cfg)
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra-core
-        pass
+    if isinstance(cfg, DictConfig):
+        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     if isinstance(cfg, Mapping):
         return dict(cfg)
     raise TypeError(f"judge config must be a mapping, got {type(cfg).__name__}")
@@ -33,7 +29,7 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 def make_judge(cfg: Any, model: LoadedModel | None, cache_dir: Path) -> Judge:
     """The judge `cfg.backend` names. `model` is the unsteered LM: the offline judge needs it
-    (for perplexity); the hf judge receives it when its builder accepts one."""
+    (for perplexity); the LLM judges load their own model or call an endpoint."""
     conf = _plain(cfg)
     backend = conf.get("backend")
     if backend == "offline":
@@ -48,11 +44,5 @@ def make_judge(cfg: Any, model: LoadedModel | None, cache_dir: Path) -> Judge:
     if backend in ("openai", "hf"):
         from steerlab.judges.llm import make_llm_judge
 
-        if backend == "hf" and model is not None:
-            params = inspect.signature(make_llm_judge).parameters
-            if "model" in {p for p in params if p != "cfg"} or any(
-                p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-            ):
-                return make_llm_judge(conf, model=model)
         return make_llm_judge(conf)
     raise ValueError(f"unknown judge.backend {backend!r}; valid: {', '.join(BACKENDS)}")
