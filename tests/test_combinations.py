@@ -1,5 +1,5 @@
-"""Combination strategies: the combined vector's arithmetic, each strategy's overrides as Hydra
-composes them, and `steering.mix` terms (the end-to-end run is in test_app.py)."""
+"""Combination strategies: the combined vector's arithmetic, each strategy's planned values on a
+composed config, and `steering.mix` terms (the end-to-end run is in test_app.py)."""
 
 from pathlib import Path
 
@@ -7,8 +7,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from steerlab.combinations import STRATEGIES, Best, CombineError, combine, combined_file, plan
-from steerlab.config import register
+from steerlab.combinations import (
+    STRATEGIES,
+    Best,
+    CombineError,
+    apply,
+    combine,
+    combined_file,
+    plan,
+)
+from steerlab.config import register, steering_of
 from steerlab.vectors import TraitVectors, load_vectors
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -46,9 +54,11 @@ def pair(tmp_path):
     return a, b, inst, nat
 
 
-def _compose(*overrides: str):
+def _compose(*overrides: str, values=None):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        cfg = compose("config", overrides=list(overrides))
+    apply(cfg, values or {})
+    return cfg
 
 
 def test_combined_vector_is_the_renormalised_sum_of_units(pair):
@@ -87,7 +97,7 @@ def test_combined_file_is_written_once_and_loads(pair, tmp_path):
 def test_each_strategy_composes_into_a_study(pair, tmp_path, strategy):
     _, _, inst, nat = pair
     combined = tmp_path / "c.safetensors"
-    cfg = _compose(f"combine.strategy={strategy}", *plan(strategy, inst, nat, combined))
+    cfg = _compose(f"combine.strategy={strategy}", values=plan(strategy, inst, nat, combined))
     s, search = cfg.steering, cfg.search
     assert (cfg.combine.instruction_run, cfg.combine.natural_run) == (
         "run-instruction",
@@ -123,12 +133,19 @@ def test_each_strategy_composes_into_a_study(pair, tmp_path, strategy):
         )
 
 
-def test_mix_terms_come_from_each_file_at_weight_times_coef(pair):
-    from steerlab import app
+def test_plan_keeps_exact_coefficients(pair):
+    _, _, inst, nat = pair
+    inst = Best(*[*inst.__dict__.values()][:3], 0.123456789, *[*inst.__dict__.values()][4:])
+    cfg = _compose(values=plan("combined@instruction_layer", inst, nat, Path("c")))
+    assert cfg.search.enqueue[0].coef == 0.123456789  # typed values: no rounding through text
+
+
+def test_mix_terms_come_from_each_file_at_weight_times_coef(pair, tmp_path):
+    from steerlab.runner import Runner
 
     a, b, inst, nat = pair
-    cfg = _compose(*plan("ensemble_half", inst, nat, Path("unused")), "steering.coef=2.0")
-    terms = app.steering_config(cfg, setup=None)  # type: ignore[arg-type]
+    cfg = _compose("steering.coef=2.0", values=plan("ensemble_half", inst, nat, Path("unused")))
+    terms = Runner().terms(None, steering_of(cfg), tmp_path)  # type: ignore[arg-type]
     assert [(t.layer, t.component) for t in terms] == [(1, "residual"), (3, "residual")]
     # relative units: weight x coef x the file's norm at that layer
     assert terms[0].coef == pytest.approx(0.15 * 2.0 * a.norms[1])

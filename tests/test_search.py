@@ -4,7 +4,8 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_plugins.steerlab_sweeper.steerlab_sweeper import _combos
+from hydra_plugins.steerlab_sweeper.steerlab_sweeper import combos
+from steerlab.config import SteeringConfig
 from steerlab.search.pareto import frontier
 from steerlab.search.strategies import Adaptive, CmaEnsemble, Strategy, make_sampler
 
@@ -28,12 +29,7 @@ def _search(**kw):
 
 
 def _tell(study, trial, trait, coherence, strategy, threshold=70.0):
-    feasible = coherence >= threshold
-    trial.set_constraint("coherence", threshold - coherence)
-    trial.set_user_attr("feasible", feasible)
-    if hasattr(strategy, "fitness"):
-        trial.set_user_attr("fitness", strategy.fitness(trait, coherence, threshold))
-    study.tell(trial, strategy.values(trait, coherence, feasible, False))
+    strategy.tell(study, trial, {"trait": trait, "coherence": coherence}, threshold)
 
 
 def test_frontier_keeps_only_non_dominated_points():
@@ -50,7 +46,8 @@ def test_optuna_strategy_respects_space_and_constraint():
     for _ in range(3):
         for t in s.propose(study, 4):
             assert 3 <= t.params["layer"] <= 8 and 0.05 <= t.params["coef"] <= 0.8
-            assert s.overrides(t)[0] == f"steering.layer={t.params['layer']}"
+            steer = s.steering(t, SteeringConfig(layer=0, coef=1.0))
+            assert (steer.layer, steer.coef) == (t.params["layer"], t.params["coef"])
             _tell(
                 study,
                 t,
@@ -89,7 +86,8 @@ def test_cma_ensemble_penalises_incoherent_candidates_and_replays_generations():
     study = optuna.create_study(direction="maximize", sampler=make_sampler("random", 0, {}))
     gen0 = s.propose(study, 4)
     assert len(gen0) == 4 and all(0 <= v <= 4.0 for t in gen0 for v in t.params.values())
-    assert s.overrides(gen0[0])[0].startswith("steering.weights=[")
+    steer = s.steering(gen0[0], SteeringConfig(coef=9.0))
+    assert steer.layers == [2, 5] and steer.weights == [gen0[0].params[f"w{la}"] for la in (2, 5)]
     for t in gen0:
         _tell(study, t, 10 * t.params["w2"], 90, s)
     again = CmaEnsemble(search, list(range(10)), [2, 5])
@@ -99,16 +97,16 @@ def test_cma_ensemble_penalises_incoherent_candidates_and_replays_generations():
 
 
 def test_combos_expand_sweeps_params_and_arms():
-    combos = _combos(
+    got = combos(
         ["trait=evil,sycophancy", "search.n_trials=3"],
         {"extraction.method": "mean_diff,probe"},
         ["extraction=natural position=5", "extraction=instruction position=all"],
     )
-    assert len(combos) == 8
+    assert len(got) == 8
     assert [
         "extraction=natural",
         "position=5",
         "extraction.method=mean_diff",
         "trait=evil",
         "search.n_trials=3",
-    ] in combos
+    ] in got

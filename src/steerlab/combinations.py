@@ -1,8 +1,8 @@
 """Combination strategies: the best instruction and best natural vectors of an earlier experiment
 (`combine.experiment`, default model_diff) combined four ways and compared with the best single.
 
-`combine.strategy=NAME` is resolved into plain steering/search overrides, so every strategy is an
-ordinary study of the sweeper (resumable, batched, logged) over a fixed vector file:
+`combine.strategy=NAME` is placed as typed steering/search values on the study's config, so every
+strategy is an ordinary study of the sweeper (resumable, batched, logged) over a fixed vector file:
 
 - combined@natural_layer / combined@instruction_layer: the combined vector (unit instruction +
   unit natural, renormalised) at that source's best layer, coef searched;
@@ -19,12 +19,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-    from steerlab.vectors import TraitVectors
+from steerlab import records, tracking
+from steerlab.config import MixTerm, cache_of, root_of
+from steerlab.vectors import TraitVectors, load_vectors
 
 STRATEGIES = (
     "combined@natural_layer",
@@ -64,21 +65,19 @@ class Best:
 
 def find_best(root: Path, experiment: str, model: str, trait: str) -> dict[str, Best]:
     """Best residual trial per source ('instruction', 'natural') of one model x trait."""
-    from steerlab import report, tracking
-
     client = tracking.client(root)
     keys = [
         k
-        for k in report.collect(client, experiment)
+        for k in tracking.read_keys(client, experiment)
         if k.model == model and k.trait == trait and k.component == "residual"
     ]
     out = {}
-    for src in report.SOURCES:
-        found = report.best_of(k for k in keys if k.source == src)
+    for src in records.SOURCES:
+        found = records.best_of(k for k in keys if k.source == src)
         if found is None:
             continue
         key, t, sweep = found
-        path = report.vector_path(client, t, sweep)
+        path = tracking.vector_path(client, t, sweep)
         if t.layer is None or t.coef is None or not path:
             continue
         out[src] = Best(
@@ -97,8 +96,6 @@ def find_best(root: Path, experiment: str, model: str, trait: str) -> dict[str, 
 
 def combine(a: TraitVectors, b: TraitVectors) -> TraitVectors:
     """Per layer: unit a + unit b, renormalised; the unit of relative coefs is the mean norm."""
-    from steerlab.vectors import TraitVectors
-
     if a.vectors.shape != b.vectors.shape:
         shapes = f"{tuple(a.vectors.shape)} vs {tuple(b.vectors.shape)}"
         raise CombineError(f"vector shapes differ: {shapes}")
@@ -123,8 +120,6 @@ def combine(a: TraitVectors, b: TraitVectors) -> TraitVectors:
 
 def combined_file(inst: Best, nat: Best, cache: Path) -> Path:
     """The combined vector of two files, written once under the cache (content-addressed)."""
-    from steerlab.vectors import load_vectors
-
     files = [Path(inst.vector), Path(nat.vector)]
     tag = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
     path = cache / "vectors" / "combined" / f"{tag}.safetensors"
@@ -135,53 +130,47 @@ def combined_file(inst: Best, nat: Best, cache: Path) -> Path:
     return path
 
 
-def _q(path: str | Path) -> str:
-    """A path as a quoted Hydra override value."""
-    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def plan(strategy: str, inst: Best, nat: Best, combined: Path) -> list[str]:
-    """Hydra overrides that turn a strategy into a study (pure)."""
+def plan(strategy: str, inst: Best, nat: Best, combined: Path) -> dict[str, Any]:
+    """The config values (dotted key -> typed value) that turn a strategy into a study (pure)."""
     single = max((inst, nat), key=lambda b: b.trait)
-    runs = [f"combine.instruction_run={inst.run_id}", f"combine.natural_run={nat.run_id}"]
+    runs = {"combine.instruction_run": inst.run_id, "combine.natural_run": nat.run_id}
 
-    def fixed(layer: int, vector: str | Path, coef: float) -> list[str]:
-        return [
-            f"steering.vector={_q(vector)}",
-            f"search.layers=[{layer},{layer}]",
-            f"search.enqueue=[{{layer:{layer},coef:{coef:.6g}}}]",
-        ]
+    def fixed(layer: int, vector: str | Path, coef: float) -> dict[str, Any]:
+        return runs | {
+            "steering.vector": str(vector),
+            "search.layers": [layer, layer],
+            "search.enqueue": [{"layer": layer, "coef": coef}],
+        }
 
     if strategy == "combined@natural_layer":
-        return runs + fixed(nat.layer, combined, nat.coef)
+        return fixed(nat.layer, combined, nat.coef)
     if strategy == "combined@instruction_layer":
-        return runs + fixed(inst.layer, combined, inst.coef)
+        return fixed(inst.layer, combined, inst.coef)
     if strategy == "combined@best_layer":
-        tries = ",".join(f"{{layer:{b.layer},coef:{b.coef:.6g}}}" for b in (inst, nat))
-        return [*runs, f"steering.vector={_q(combined)}", f"search.enqueue=[{tries}]"]
+        tries = [{"layer": b.layer, "coef": b.coef} for b in (inst, nat)]
+        return runs | {"steering.vector": str(combined), "search.enqueue": tries}
     if strategy == "ensemble_half":
-        terms = ",".join(
-            f"{{vector:{_q(b.vector)},layer:{b.layer},weight:{b.coef / 2:.6g}}}"
-            for b in (inst, nat)
-        )
-        lo, hi = HALF_SCALE
-        return [
-            *runs,
-            f"steering.mix=[{terms}]",
-            f"search.coef=[{lo},{hi}]",
-            "search.enqueue=[{coef:1.0}]",
-        ]
+        terms = [MixTerm(b.vector, b.layer, b.coef / 2) for b in (inst, nat)]
+        return runs | {
+            "steering.mix": terms,
+            "search.coef": list(HALF_SCALE),
+            "search.enqueue": [{"coef": 1.0}],
+        }
     if strategy == "best_single":
-        return runs + fixed(single.layer, single.vector, single.coef)
+        return fixed(single.layer, single.vector, single.coef)
     valid = ", ".join(STRATEGIES)
     raise CombineError(f"combine.strategy={strategy!r} is not valid; choose one of {valid}")
 
 
-def resolve(cfg: DictConfig) -> list[str]:
-    """Overrides for `cfg.combine.strategy`, from the best vectors in `cfg.combine.experiment`."""
-    from steerlab.app import cache_of, root_of, run_params
-    from steerlab.tracking import flatten
+def apply(cfg: DictConfig, values: dict[str, Any]) -> None:
+    """Set planned values on a composed config (typed: no override strings to parse back)."""
+    with read_write(cfg), open_dict(cfg):
+        for key, value in values.items():
+            OmegaConf.update(cfg, key, value, merge=False)
 
+
+def place(cfg: DictConfig) -> None:
+    """Place `cfg.combine.strategy` on `cfg`, from the best vectors in `cfg.combine.experiment`."""
     c = cfg.combine
     root = root_of(cfg)
     found = find_best(root, c.experiment, cfg.model.name, cfg.trait.name)
@@ -193,7 +182,7 @@ def resolve(cfg: DictConfig) -> list[str]:
             f"{c.experiment!r} ({root / 'mlruns'}); run `python -m steerlab -m "
             f"experiment={c.experiment} trait={cfg.trait.name} paths.root={root}` first"
         )
-    here = flatten(run_params(cfg))  # as the source studies logged theirs
+    here = tracking.flatten(tracking.run_params(cfg))  # as the source studies logged theirs
     for b in found.values():
         for name in MUST_MATCH:
             theirs = b.params.get(name)
@@ -204,4 +193,4 @@ def resolve(cfg: DictConfig) -> list[str]:
                     f"strategies are judged as the vectors were"
                 )
     combined = combined_file(found["instruction"], found["natural"], cache_of(cfg))
-    return plan(str(c.strategy), found["instruction"], found["natural"], combined)
+    apply(cfg, plan(str(c.strategy), found["instruction"], found["natural"], combined))

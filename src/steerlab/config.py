@@ -5,9 +5,12 @@ at compose time naming the valid keys. Registered in Hydra's ConfigStore by `reg
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from steerlab.positions import parse_position
 
 
 @dataclass
@@ -121,8 +124,6 @@ class CombineConfig:
 class TrackingConfig:
     enabled: bool = True
     experiment: str | None = None  # default: "<model>/<trait>"
-    parent_run_id: str | None = None  # set by the sweeper: trials log as child runs
-    trial: int | None = None  # Optuna trial number, set by the sweeper
 
 
 @dataclass
@@ -132,7 +133,7 @@ class PathsConfig:
 
 
 @dataclass
-class Config:
+class SteerlabConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     trait: TraitConfig = field(default_factory=TraitConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
@@ -150,8 +151,6 @@ class Config:
 
 def position_tag(position: Any, default: str) -> str:
     """The effective extraction position as a folder name (`10`, `all`, ...)."""
-    from steerlab.positions import parse_position
-
     try:
         return parse_position(position if position is not None else default).tag
     except ValueError:  # reported with a clear message by the app's validation
@@ -160,8 +159,37 @@ def position_tag(position: Any, default: str) -> str:
 
 def register() -> None:
     from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
 
-    ConfigStore.instance().store(name="steerlab_schema", node=Config)
+    ConfigStore.instance().store(name="steerlab_schema", node=SteerlabConfig)
     if not OmegaConf.has_resolver("steerlab_position"):
         OmegaConf.register_new_resolver("steerlab_position", position_tag)
+
+
+def root_of(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.root).expanduser().resolve()
+
+
+def cache_of(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.cache).expanduser().resolve()
+
+
+def position_of(cfg: DictConfig) -> str:
+    """The effective extraction position (the `position=` shorthand wins), normalised."""
+    return str(
+        parse_position(cfg.position if cfg.position is not None else cfg.extraction.position)
+    )
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without Hydra's own node (which only resolves inside a job)."""
+    return OmegaConf.to_container(  # type: ignore[return-value]
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
+
+
+def steering_of(cfg: DictConfig) -> SteeringConfig:
+    """The steering group as its typed dataclass (trials replace its fields, never strings)."""
+    node = OmegaConf.to_object(cfg.steering)
+    if isinstance(node, SteeringConfig):
+        return node
+    return SteeringConfig(**node)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from steerlab.steering import Config
+    from steerlab.steering import Terms
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Ensemble:
     trait: float | None = None  # the search's measured scores, for reference
     coherence: float | None = None
 
-    def terms(self) -> Config:
+    def terms(self) -> Terms:
         from steerlab.vectors import load_vectors
 
         vecs = load_vectors(Path(self.vector_file))

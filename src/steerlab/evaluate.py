@@ -20,7 +20,7 @@ from steerlab.judges.base import Judge, JudgeScore, cached_scores
 if TYPE_CHECKING:
     from steerlab.data import TraitData
     from steerlab.models import LoadedModel
-    from steerlab.steering import Config
+    from steerlab.steering import Terms
 
 
 _SENTENCE_END = re.compile(r"(?<![0-9])[.!?][\"')\]]*(?=\s|$)")
@@ -101,7 +101,7 @@ def evaluate(
     model: LoadedModel,
     judge: Judge,
     trait: TraitData,
-    configs: Sequence[Config],
+    configs: Sequence[Terms],
     questions: Sequence[str],
     gen: GenConfig,
     cache: Path,

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from steerlab.models import LoadedModel
-    from steerlab.steering import Config
+    from steerlab.steering import Terms
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def generate(
     model: LoadedModel,
     prompts: Sequence[Sequence[int]],
     cfg: GenConfig,
-    steering: Sequence[Config] | None = None,
+    steering: Sequence[Terms] | None = None,
     desc: str = "generate",
 ) -> list[Sample]:
     """Answer every prompt once (the caller repeats prompts for rollouts); batched, length-sorted.

@@ -29,14 +29,14 @@ class SteerTerm:
     coef: float
 
 
-Config = tuple[SteerTerm, ...]  # one steering configuration: a single layer or an ensemble
+Terms = tuple[SteerTerm, ...]  # one steering configuration: a single layer or an ensemble
 
 
 class RowMismatchError(RuntimeError):
     """The model ran a batch whose size differs from the steered rows (rows would be mixed up)."""
 
 
-def _deltas(model: LoadedModel, rows: Sequence[Config]) -> dict[tuple[int, str], torch.Tensor]:
+def _deltas(model: LoadedModel, rows: Sequence[Terms]) -> dict[tuple[int, str], torch.Tensor]:
     import torch
 
     by_site: dict[tuple[int, str], torch.Tensor] = defaultdict(
@@ -62,7 +62,7 @@ def _add_hook(delta: torch.Tensor) -> Any:
 
 
 @contextmanager
-def steer(model: LoadedModel, rows: Sequence[Config]) -> Iterator[None]:
+def steer(model: LoadedModel, rows: Sequence[Terms]) -> Iterator[None]:
     """Steer batch row r with `rows[r]`; rows with an empty tuple run unsteered."""
     handles = []
     try:

@@ -1,17 +1,29 @@
-"""MLflow tracking under `<paths.root>/mlruns/`: a sqlite store plus an artifact folder.
+"""MLflow tracking under `<paths.root>/mlruns/`: a sqlite store plus an artifact folder, and
+the results records (`steerlab.records`) written to and read back from it.
 
 mlflow is imported lazily (it costs seconds) and its per-run link printing is silenced.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+from omegaconf import DictConfig
+
+from steerlab import records
+from steerlab.config import plain, position_of
+from steerlab.records import Key, Sweep, Trial
+
+
+def _quiet() -> None:
+    """No per-run link lines or artifact progress bars (set before mlflow is imported)."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def tracking_uri(root: Path) -> str:
@@ -20,6 +32,7 @@ def tracking_uri(root: Path) -> str:
 
 def client(root: Path) -> Any:
     """An MlflowClient on this root's store (creating the folder)."""
+    _quiet()
     import mlflow
 
     (root / "mlruns").mkdir(parents=True, exist_ok=True)
@@ -52,6 +65,31 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def experiment_name(cfg: DictConfig) -> str:
+    return cfg.tracking.experiment or f"{cfg.model.name}/{cfg.trait.name}"
+
+
+def run_params(cfg: DictConfig) -> dict[str, Any]:
+    """The config as MLflow params, plus the `resolved.*` values a report groups sweeps by
+    (`records.Sweep` reads them back)."""
+    params = plain(cfg)
+    resolved = {
+        "position": position_of(cfg),
+        "source": cfg.extraction.source,
+        "method": cfg.extraction.method,
+        "component": cfg.steering.component,
+    }
+    if cfg.steering.mix:
+        resolved |= {"source": "mix", "position": "mix", "method": "mix"}
+    elif cfg.steering.vector:  # describe the given file, not the unused extraction settings
+        side = Path(cfg.steering.vector).expanduser().with_suffix(".json")
+        meta = json.loads(side.read_text()) if side.is_file() else {}
+        resolved |= {k: meta.get(k, "?") for k in ("source", "position", "method")}
+        resolved["component"] = meta.get("component", cfg.steering.component)
+    params["resolved"] = resolved
+    return params
+
+
 @contextmanager
 def run(
     root: Path,
@@ -63,9 +101,9 @@ def run(
     run_id: str | None = None,
 ) -> Iterator[Any]:
     """Start (or resume, with `run_id`) an MLflow run; yields the `mlflow` module."""
+    client(root)
     import mlflow
 
-    client(root)
     kwargs: dict[str, Any] = (
         {"run_id": run_id}
         if run_id
@@ -80,3 +118,178 @@ def run(
         if params and not run_id:
             mlflow.log_params(flatten(params))
         yield mlflow
+
+
+# ---------------------------------------------------------------------------------------------
+# records in the store: a sweep is a parent run (tag steerlab.kind=sweep) whose `trials.json`
+# table holds its trials, with one child run (tag steerlab.kind=trial) per trial
+
+
+def log_sweep(mlflow: Any, trials: list[Trial], front: list[int]) -> Trial | None:
+    """The trial table, its Pareto frontier and the best valid trial's metrics on a parent run."""
+    mlflow.log_table(records.table(trials), "trials.json")
+    mlflow.log_table(records.table([trials[i] for i in front]), "pareto.json")
+    best = records.best(trials)
+    if best is not None:
+        mlflow.log_metrics(
+            {
+                f"best_{k}": float(v)
+                for k, v in (
+                    ("trait", best.trait),
+                    ("coherence", best.coherence),
+                    ("delta", best.delta),
+                    ("layer", best.layer),
+                    ("coef", best.coef),
+                    ("trial", best.number),
+                )
+                if v is not None
+            }
+        )
+    if (high := records.best_at(trials)) is not None:
+        mlflow.log_metric(records.HIGH_COHERENCE_METRIC, float(high.delta))
+    return best
+
+
+def all_runs(client: Any, experiment_id: str) -> list[Any]:
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _local_dir(artifact_uri: str) -> Path | None:
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    if artifact_uri.startswith("file:"):
+        return Path(url2pathname(urlparse(artifact_uri).path))
+    if "://" not in artifact_uri:
+        return Path(artifact_uri)
+    return None
+
+
+def read_artifact(client: Any, run_id: str, artifact_uri: str, path: str) -> Any | None:
+    """A run's JSON artifact, parsed; None when it is absent or unreadable."""
+    import tempfile
+
+    try:
+        local = _local_dir(artifact_uri)
+        if local is not None:
+            file = local / path
+            return json.loads(file.read_text()) if file.is_file() else None
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
+    except (OSError, ValueError):
+        return None
+    except Exception:  # noqa: BLE001 - a remote store's "not found" has no common type
+        return None
+
+
+def _trial_from_child(number: str, kid: Any, cmin: float) -> Trial | None:
+    """A trial from its child run alone (a sweep whose trials.json is missing)."""
+    m, p = kid.data.metrics, kid.data.params
+    trait, coh, delta = (records.finite(m.get(k)) for k in ("trait", "coherence", "delta"))
+    if trait is None or coh is None:
+        return None
+    if delta is None:
+        base = records.finite(m.get("baseline_trait", m.get("baseline")))
+        if base is None:
+            return None
+        delta = trait - base
+    layers, ws = (
+        records.literal(p.get("steering.layers")),
+        records.literal(p.get("steering.weights")),
+    )
+    weights: tuple[tuple[int, float], ...] = ()
+    coef = records.finite(p.get("steering.coef"))
+    if isinstance(layers, list) and layers:
+        ws = ws if isinstance(ws, list) and len(ws) == len(layers) else [coef] * len(layers)
+        weights = tuple(sorted((int(la), float(w)) for la, w in zip(layers, ws, strict=True)))
+    return Trial.of(
+        records.as_int(number),
+        records.as_int(p.get("steering.layer")),
+        coef,
+        weights,
+        (trait, coh, delta),
+        cmin,
+        **records.child_info(kid),
+    )
+
+
+def _trial_from_metrics(metrics: dict[str, float], cmin: float) -> list[Trial]:
+    """A sweep with neither trials.json nor child runs: its logged best_* metrics only."""
+    f = records.finite
+    trait, coh, delta = (f(metrics.get(f"best_{k}")) for k in ("trait", "coherence", "delta"))
+    if trait is None or coh is None or delta is None:
+        return []
+    return [
+        Trial.of(
+            records.as_int(metrics.get("best_trial")),
+            records.as_int(metrics.get("best_layer")),
+            f(metrics.get("best_coef")),
+            (),
+            (trait, coh, delta),
+            cmin,
+        )
+    ]
+
+
+def read_sweeps(client: Any, experiment: str) -> list[Sweep] | None:
+    """Every sweep parent run of an experiment with its trials; None if there is no experiment."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = all_runs(client, exp.experiment_id)
+    children: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        parent = r.data.tags.get("mlflow.parentRunId")
+        if r.data.tags.get(records.KIND) == "trial" and parent:
+            number = r.data.tags.get(records.TRIAL_TAG, r.info.run_id)
+            children.setdefault(parent, {})[number] = r
+    sweeps = []
+    for r in runs:
+        if r.data.tags.get(records.KIND) != "sweep":
+            continue
+        params, metrics = dict(r.data.params), dict(r.data.metrics)
+        cmin = records.finite(params.get("search.coherence_min")) or records.DEFAULT_COHERENCE_MIN
+        kids = children.get(r.info.run_id, {})
+        raw = read_artifact(client, r.info.run_id, r.info.artifact_uri, "trials.json")
+        trials = records.trials_from_rows(records.table_rows(raw), cmin, kids) if raw else []
+        if not trials:
+            trials = [t for n, k in kids.items() if (t := _trial_from_child(n, k, cmin))]
+        if not trials:
+            trials = _trial_from_metrics(metrics, cmin)
+        trials.sort(key=lambda t: (t.number is None, t.number or 0))
+        sweeps.append(
+            Sweep(
+                run_id=r.info.run_id,
+                experiment=experiment,
+                name=r.info.run_name or "",
+                artifact_uri=r.info.artifact_uri,
+                params=params,
+                metrics=metrics,
+                tags=dict(r.data.tags),
+                trials=trials,
+            )
+        )
+    sweeps.sort(key=lambda s: s.run_id)
+    return sweeps
+
+
+def read_keys(client: Any, experiment: str) -> list[Key]:
+    """The per-key view of one experiment's sweeps (comparison sweeps left out)."""
+    sweeps = read_sweeps(client, experiment) or []
+    records.label_groups(sweeps)
+    return records.group_keys(sweeps)
+
+
+def vector_path(client: Any, trial: Trial, sweep: Sweep) -> str | None:
+    """The vector file a trial steered with (its child run's tag, else the sweep's vector.json)."""
+    if trial.vector and trial.vector != "None":
+        return trial.vector
+    meta = read_artifact(client, sweep.run_id, sweep.artifact_uri, "vector.json")
+    return meta.get("path") if isinstance(meta, dict) else None

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from steerlab.records import Trial
 
 
 def frontier(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -20,7 +24,7 @@ def frontier(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(idx, key=lambda i: points[i][0])
 
 
-def plot_frontier(rows: list[dict], front: list[int], threshold: float, path: Path) -> Path:
+def plot_frontier(trials: list[Trial], front: list[int], threshold: float, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,11 +32,11 @@ def plot_frontier(rows: list[dict], front: list[int], threshold: float, path: Pa
 
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.scatter(
-        [r["coherence"] for r in rows], [r["trait"] for r in rows], s=14, alpha=0.5, label="trials"
+        [t.coherence for t in trials], [t.trait for t in trials], s=14, alpha=0.5, label="trials"
     )
     ax.plot(
-        [rows[i]["coherence"] for i in front],
-        [rows[i]["trait"] for i in front],
+        [trials[i].coherence for i in front],
+        [trials[i].trait for i in front],
         "r.-",
         label="Pareto frontier",
     )
@@ -46,19 +50,21 @@ def plot_frontier(rows: list[dict], front: list[int], threshold: float, path: Pa
     return path
 
 
-def plot_heatmap(rows: list[dict], path: Path) -> Path:
-    """Layer x coef maps of trait and coherence (one dot per trial, colour = score)."""
+def plot_heatmap(trials: list[Trial], path: Path) -> Path:
+    """Layer x coef maps of trait and coherence (one dot per single-layer trial, colour = score;
+    ensemble trials have no single layer and are left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    single = [t for t in trials if t.layer is not None and t.coef is not None]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     for ax, key in zip(axes, ("trait", "coherence"), strict=True):
         sc = ax.scatter(
-            [r["layer"] for r in rows],
-            [r["coef"] for r in rows],
-            c=[r[key] for r in rows],
+            [t.layer for t in single],
+            [t.coef for t in single],
+            c=[getattr(t, key) for t in single],
             cmap="viridis",
             vmin=0,
             vmax=100,

@@ -1,5 +1,6 @@
 """Trial proposal strategies. Each asks a batch of Optuna trials (so every strategy shares one
-sqlite study: resumable, inspectable) and turns a trial into steering overrides.
+sqlite study: resumable, inspectable), turns a trial into a typed steering config, and tells the
+study a trial's scores.
 
 - Optuna samplers (tpe, gp, nsga2, cmaes, grid) over layer (int) x coef (float, log).
 - `adaptive`: the reference's coefficient search, every layer in parallel.
@@ -9,11 +10,15 @@ sqlite study: resumable, inspectable) and turns a trial into steering overrides.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+
+from steerlab.config import SteeringConfig
 
 INFEASIBLE_PENALTY = 100.0  # subtracted from trait for samplers without constraint support
 
@@ -35,7 +40,7 @@ def make_sampler(name: str, seed: int, space: dict[str, Any]) -> optuna.samplers
 
 
 class Strategy:
-    """Optuna-sampled layer x coef; subclasses override `propose` and `overrides`."""
+    """Optuna-sampled layer x coef; subclasses override `propose`, `steering` and `fitness`."""
 
     penalised = False
 
@@ -68,16 +73,38 @@ class Strategy:
     def propose(self, study: optuna.Study, n: int) -> list[optuna.trial.Trial]:
         return [study.ask(self.dists) for _ in range(n)]
 
-    def overrides(self, trial: optuna.trial.BaseTrial) -> list[str]:
-        out = [f"steering.coef={trial.params['coef']:.6g}"]
-        if "layer" in trial.params:
-            out.insert(0, f"steering.layer={trial.params['layer']}")
-        return out
+    def steering(self, trial: optuna.trial.BaseTrial, base: SteeringConfig) -> SteeringConfig:
+        """The configuration a trial evaluates: `base` with the trial's layer and coef."""
+        p = trial.params
+        return replace(base, layer=int(p.get("layer", base.layer)), coef=float(p["coef"]))
 
-    def values(self, trait: float, coherence: float, feasible: bool, multi: bool) -> list[float]:
+    def fitness(self, trait: float, coherence: float, threshold: float) -> float | None:
+        """What a strategy that keeps its own state (pycma) ranks by; None: Optuna's value."""
+        return None
+
+    def tell(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.Trial,
+        scores: Mapping[str, float],
+        threshold: float,
+        multi: bool = False,
+    ) -> None:
+        """Record a trial's scores and the coherence constraint (`threshold - coherence <= 0`
+        is feasible), then tell the study its objective value(s)."""
+        trait, coherence = scores["trait"], scores["coherence"]
+        feasible = coherence >= threshold
+        trial.set_constraint("coherence", threshold - coherence)
+        attrs = {"feasible": feasible, **scores}
+        if (fit := self.fitness(trait, coherence, threshold)) is not None:
+            attrs["fitness"] = fit
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
         if multi:
-            return [trait, coherence]
-        return [trait - (0.0 if feasible or not self.penalised else INFEASIBLE_PENALTY)]
+            study.tell(trial, [trait, coherence])
+        else:
+            penalty = 0.0 if feasible or not self.penalised else INFEASIBLE_PENALTY
+            study.tell(trial, [trait - penalty])
 
 
 def _done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -181,9 +208,9 @@ class CmaEnsemble(Strategy):
             out.append(study.ask(self.dists))
         return out
 
-    def overrides(self, trial: optuna.trial.BaseTrial) -> list[str]:
-        ws = ",".join(f"{trial.params[f'w{la}']:.6g}" for la in self.ens_layers)
-        return [f"steering.weights=[{ws}]"]
+    def steering(self, trial: optuna.trial.BaseTrial, base: SteeringConfig) -> SteeringConfig:
+        ws = [float(trial.params[f"w{la}"]) for la in self.ens_layers]
+        return replace(base, layers=list(self.ens_layers), weights=ws)
 
     def fitness(self, trait: float, coherence: float, threshold: float) -> float:
         return -trait if coherence >= threshold else 1000.0 + (threshold - coherence)

@@ -1,0 +1,361 @@
+"""The runner behind `python -m steerlab`: extract (or reuse) a trait vector, steer, judge, record.
+
+A `Runner` owns what trials share: loaded models and, per study, a `Setup` (vectors, judge,
+judged baseline). Its caller owns it (the sweeper keeps one for a whole sweep, a single run makes
+its own), so nothing lives in module globals. Trials are typed: a `SteeringConfig` whose layer,
+coef or weights a search replaced; `terms` turns it into the hook's `SteerTerm`s, and `evaluate`
+runs K of them x Q questions in one batched generate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from steerlab import tracking
+from steerlab.cache import digest
+from steerlab.combinations import STRATEGIES
+from steerlab.config import SteeringConfig, cache_of, plain, position_of, root_of
+from steerlab.positions import parse_position
+
+if TYPE_CHECKING:
+    from steerlab.data import TraitData
+    from steerlab.evaluate import Result
+    from steerlab.generation import GenConfig
+    from steerlab.judges.base import Judge
+    from steerlab.models import LoadedModel
+    from steerlab.steering import Terms
+    from steerlab.vectors import TraitVectors
+
+log = logging.getLogger("steerlab")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; raised before any model loads."""
+
+
+def check(cfg: DictConfig) -> None:
+    """Cheap checks with one-line errors, before any model loads."""
+    from steerlab.data import load_trait
+    from steerlab.models import COMPONENTS, ModelSpec, check_variants
+
+    position_of(cfg)
+    load_trait(cfg.trait.dir)
+    for name, allowed, value in (
+        ("extraction.source", ("natural", "instruction"), cfg.extraction.source),
+        ("extraction.method", ("mean_diff", "probe"), cfg.extraction.method),
+        ("steering.component", COMPONENTS, cfg.steering.component),
+        ("steering.coef_units", ("relative", "absolute"), cfg.steering.coef_units),
+        ("combine.strategy", (None, *STRATEGIES), cfg.combine.strategy),
+    ):
+        if value not in allowed:
+            valid = ", ".join(str(a) for a in allowed if a is not None)
+            raise ConfigError(f"{name}={value!r} is not valid; choose one of {valid}")
+    given = [("steering.vector", cfg.steering.vector)] if cfg.steering.vector else []
+    given += [(f"steering.mix[{i}].vector", m.vector) for i, m in enumerate(cfg.steering.mix)]
+    for name, path in given:
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(f"{name}={path}: no such vector file")
+    lo, hi = cfg.search.coef
+    if not 0 < lo <= hi:
+        raise ConfigError(f"search.coef=[{lo}, {hi}] must satisfy 0 < lo <= hi")
+    spec = ModelSpec(**OmegaConf.to_container(cfg.model))  # type: ignore[arg-type]
+    n_layers, _ = check_variants(spec)
+    layers = [
+        cfg.steering.layer,
+        *(cfg.steering.layers or []),
+        *(cfg.search.layers or []),
+        *(m.layer for m in cfg.steering.mix),
+    ]
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise ConfigError(f"layer(s) {bad} outside model {spec.name!r}'s layers 0..{n_layers - 1}")
+    if (
+        cfg.steering.layers
+        and cfg.steering.weights
+        and len(cfg.steering.layers) != len(cfg.steering.weights)
+    ):
+        raise ConfigError("steering.layers and steering.weights must have the same length")
+
+
+@dataclass
+class Setup:
+    """What every trial of one study shares; built once by `Runner.setup`."""
+
+    model: LoadedModel  # the steered (instruct) variant
+    trait: TraitData
+    vectors: TraitVectors
+    vector_path: Path
+    judge: Judge
+    base: Result
+    questions: list[str]
+    gen: GenConfig
+    cache: Path
+    coherence_min: float
+    extraction_rows: list[dict] = field(default_factory=list)  # elicited, scored, vetted
+
+    def vector_meta(self) -> dict[str, Any]:
+        meta = {k: v for k, v in self.vectors.meta.items() if k != "layer_stats"}
+        return {"path": str(self.vector_path), **meta}
+
+
+def setup_key(cfg: DictConfig) -> str:
+    """Everything a Setup depends on: studies with equal keys share one."""
+    keep = {
+        k: OmegaConf.to_container(cfg[k], resolve=True)
+        for k in ("model", "trait", "extraction", "judge", "paths")
+    }
+    return digest(
+        keep,
+        position_of(cfg),
+        cfg.steering.component,
+        cfg.steering.vector,
+        OmegaConf.to_container(cfg.steering.mix, resolve=True),
+        cfg.steering.n_questions,
+        cfg.steering.max_new_tokens,
+        cfg.search.coherence_min,
+    )
+
+
+class Runner:
+    """Models, setups and vector files, loaded once; batched evaluation of typed configs."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, LoadedModel] = {}
+        self._setups: dict[str, Setup] = {}
+        self._files: dict[str, TraitVectors] = {}
+
+    def model(self, ref: str, cfg: DictConfig) -> LoadedModel:
+        from steerlab.models import load_model
+
+        if ref not in self._models:
+            arch = dict(cfg.model.arch or {})
+            self._models[ref] = load_model(ref, cfg.model.dtype, cfg.model.device, arch)
+        return self._models[ref]
+
+    def vector_file(self, path: str | Path) -> TraitVectors:
+        from steerlab.vectors import load_vectors
+
+        key = str(Path(path).expanduser().resolve())
+        if key not in self._files:
+            self._files[key] = load_vectors(Path(key))
+        return self._files[key]
+
+    def setup(self, cfg: DictConfig) -> Setup:
+        """Extract (or load cached) vectors and the judged baseline, once per setup key."""
+        key = setup_key(cfg)
+        if key not in self._setups:
+            self._setups[key] = self._build(cfg)
+        return self._setups[key]
+
+    def _build(self, cfg: DictConfig) -> Setup:
+        from steerlab import evaluate as ev
+        from steerlab.data import load_trait
+        from steerlab.generation import GenConfig
+        from steerlab.judges.factory import make_judge
+        from steerlab.vectors import load_vectors
+
+        check(cfg)
+        cache = cache_of(cfg)
+        trait = load_trait(cfg.trait.dir)
+        steer_model = self.model(cfg.model.steering, cfg)
+        judge = make_judge(cfg.judge, steer_model, cache)
+        given = cfg.steering.vector or (cfg.steering.mix[0].vector if cfg.steering.mix else None)
+        if given:  # a saved (e.g. combined) vector file: nothing to elicit
+            vpath, rows = Path(given).expanduser().resolve(), []
+        else:
+            vpath, rows = self._extract(cfg, trait, judge, cache)
+        shape = {"hidden_size": steer_model.hidden_size, "n_layers": steer_model.n_layers}
+        vectors = load_vectors(vpath, shape)
+        if vectors.meta.get("trait", trait.name) != trait.name:  # allowed: cross-trait steering
+            log.warning("%s is a %r vector; judged as %r", vpath, vectors.meta["trait"], trait.name)
+        gen = GenConfig(cfg.steering.max_new_tokens, batch_size=cfg.steering.batch_size)
+        questions = ev.steering_questions(trait, cfg.steering.n_questions)
+        cmin = float(cfg.search.coherence_min)
+        base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cmin)
+        return Setup(
+            steer_model, trait, vectors, vpath, judge, base, questions, gen, cache, cmin, rows
+        )
+
+    def _extract(
+        self, cfg: DictConfig, trait: TraitData, judge: Judge, cache: Path
+    ) -> tuple[Path, list[dict]]:
+        """Elicit, judge, vet, capture and extract (each step cached); the vector file to steer
+        with and every elicited response with its score and vetting outcome."""
+        from steerlab.extraction import cached_capture, elicit, extract_vectors, vet
+        from steerlab.judges.base import cached_scores
+
+        ex = cfg.extraction
+        natural = ex.source == "natural"
+        src_model = self.model(cfg.model.extraction if natural else cfg.model.steering, cfg)
+        elicited = elicit(src_model, trait, ex, cache)
+        pairs = [(c, s.text) for c, s in zip(elicited.contexts, elicited.samples, strict=True)]
+        scores = cached_scores(judge, trait, pairs, cache)
+        keep = vet(elicited, scores, ex.vet)
+        pos = parse_position(position_of(cfg))
+        components = sorted(set(ex.components) | {cfg.steering.component})
+        cap = cached_capture(src_model, elicited.samples, [pos], components, ex.batch_size, cache)
+        meta = {
+            "model": cfg.model.name,
+            "variant": "extraction" if natural else "steering",
+            "model_ref": src_model.ref,
+            "hidden_size": src_model.hidden_size,
+            "n_layers": src_model.n_layers,
+            "source": ex.source,
+            "trait": trait.name,
+            "dataset_hash": digest(
+                trait.digest(), [s.response_ids for s in elicited.samples], keep
+            ),
+            "coef_units_default": "relative",
+        }
+        # keyed by content: other data, vetting or responses never reuse a stale vector file
+        out = cache / "vectors" / cfg.model.name / trait.name / ex.source / meta["dataset_hash"]
+        labels = elicited.labels
+        paths = extract_vectors(cap, labels, keep, ex.method, meta, out, ex.val_frac, ex.seed)
+        rows = [
+            {
+                "label": "positive" if lab else "negative",
+                "context": ctx,
+                "response": smp.text,
+                "trait": sc.trait,
+                "coherence": sc.coherence,
+                "kept": k,
+            }
+            for lab, ctx, smp, sc, k in zip(
+                labels, elicited.contexts, elicited.samples, scores, keep, strict=True
+            )
+        ]
+        return paths[(str(pos), cfg.steering.component)], rows
+
+    def terms(self, setup: Setup, steer: SteeringConfig, root: Path) -> Terms:
+        """The SteerTerms of one configuration: an ensemble file, a mix, layers x weights, or
+        one layer x coef (relative units scale by each layer's activation norm)."""
+        from steerlab.ensembles import load_ensemble
+
+        units = steer.coef_units
+        if steer.ensemble:
+            return load_ensemble(steer.ensemble, root).terms()
+        if steer.mix:  # terms from several files; coef scales the whole mix
+            return tuple(
+                self.vector_file(m.vector).term(m.layer, m.weight * steer.coef, units)
+                for m in steer.mix
+            )
+        return tuple(setup.vectors.term(la, w, units) for la, w in weights(steer))
+
+    def evaluate(self, setup: Setup, steers: Sequence[SteeringConfig], root: Path) -> list[Result]:
+        """Every configuration on every steering question in one batched generate."""
+        from steerlab.evaluate import evaluate
+
+        return evaluate(
+            setup.model,
+            setup.judge,
+            setup.trait,
+            [self.terms(setup, s, root) for s in steers],
+            setup.questions,
+            setup.gen,
+            setup.cache,
+            setup.base,
+            setup.coherence_min,
+        )
+
+
+def weights(steer: SteeringConfig) -> list[tuple[int, float]]:
+    """(layer, coef) of each term in the config's own units: what a trial record stores."""
+    if steer.mix:
+        return [(m.layer, m.weight * steer.coef) for m in steer.mix]
+    if steer.layers:
+        ws = steer.weights or [steer.coef] * len(steer.layers)
+        return list(zip(steer.layers, ws, strict=True))
+    return [(steer.layer, steer.coef)]
+
+
+def metrics_of(result: Result, setup: Setup) -> dict[str, float]:
+    return {
+        "trait": result.trait,
+        "coherence": result.coherence,
+        "delta": result.trait - setup.base.trait,
+        "valid": float(result.valid),
+        "baseline_trait": setup.base.trait,
+        "baseline_coherence": setup.base.coherence,
+    }
+
+
+def record(
+    cfg: DictConfig,
+    setup: Setup,
+    steer: SteeringConfig,
+    result: Result,
+    job_dir: Path,
+    number: int | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, float]:
+    """Write a trial's folder (config, answers, metrics) and its MLflow run; its metrics."""
+    metrics = metrics_of(result, setup)
+    trial_cfg = OmegaConf.merge(plain(cfg), {"steering": OmegaConf.structured(steer)})
+    job_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(trial_cfg, job_dir / "config.yaml")
+    (job_dir / "responses.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows)
+    )
+    (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if cfg.tracking.enabled:
+        name = f"trial-{number}" if number is not None else where(steer)
+        tags = {"steerlab.kind": "trial", "steerlab.vector": str(setup.vector_path)}
+        if number is not None:
+            tags["steerlab.trial"] = str(number)
+        params = tracking.run_params(trial_cfg)
+        with tracking.run(
+            root_of(cfg), tracking.experiment_name(cfg), name, params, parent_run_id, tags
+        ) as mlflow:
+            mlflow.log_metrics(metrics)
+            cols = ("question", "answer", "trait", "coherence", "note")
+            mlflow.log_table({k: [r[k] for r in result.rows] for k in cols}, "responses.json")
+            mlflow.log_dict(setup.vector_meta(), "vector.json")
+            mlflow.log_artifacts(str(job_dir), "job")
+    return metrics
+
+
+def where(s: SteeringConfig) -> str:
+    """Where a steering config steers, in words."""
+    if s.ensemble:
+        return f"ensemble {s.ensemble}"
+    if s.mix:
+        terms = " + ".join(f"L{m.layer}:{Path(m.vector).stem} x {m.weight:g}" for m in s.mix)
+        return f"mix ({terms}) x {s.coef:g} ({s.coef_units})"
+    if s.layers:
+        return f"layers {list(s.layers)} x {list(s.weights or [s.coef] * len(s.layers))}"
+    return f"layer {s.layer} coef {s.coef:g} ({s.coef_units})"
+
+
+def run_single(cfg: DictConfig, job_dir: Path) -> dict[str, float]:
+    """One configuration (`python -m steerlab ...` without -m): evaluate, record, summarise."""
+    from steerlab.config import steering_of
+
+    check(cfg)
+    if cfg.combine.strategy:  # a strategy places a whole study, not one configuration
+        raise ConfigError(
+            f"combine.strategy={cfg.combine.strategy} places a study: run it with -m "
+            "(or steer a saved file with steering.vector=...)"
+        )
+    runner = Runner()
+    setup = runner.setup(cfg)
+    steer = steering_of(cfg)
+    [result] = runner.evaluate(setup, [steer], root_of(cfg))
+    metrics = record(cfg, setup, steer, result, job_dir)
+    v = tracking.run_params(cfg)["resolved"]  # a given vector file describes itself
+    print(
+        f"\n{cfg.trait.name} @ {where(steer)} [{v['source']} {v['position']} {v['method']} "
+        f"{v['component']}]\n"
+        f"  trait {metrics['trait']:.1f} (baseline {metrics['baseline_trait']:.1f}, delta "
+        f"{metrics['delta']:+.1f})  coherence {metrics['coherence']:.1f}  "
+        f"valid={bool(metrics['valid'])} (coherence >= {cfg.search.coherence_min:g})\n"
+        f"  answers: {job_dir / 'responses.jsonl'}\n"
+        f"  MLflow:  make ui   (store {root_of(cfg) / 'mlruns'})"
+    )
+    return metrics

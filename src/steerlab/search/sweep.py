@@ -1,0 +1,240 @@
+"""One study of a sweep, from placing it to its summary: what the Hydra sweeper runs per study.
+
+The caller owns a `Runner` (models, vectors, judge, baseline), shared by all its studies. Per
+batch, `search.batch_size` trials are asked, turned into typed steering configs by the strategy,
+evaluated in one batched generate and recorded one by one (folder `<sweep dir>/<trial number>/`
+and an MLflow child run of the study's parent run, which records the best valid trial and the
+Pareto frontier at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+
+from steerlab import records, tracking
+from steerlab import runner as rn
+from steerlab.combinations import place
+from steerlab.config import SteeringConfig, position_of, root_of, steering_of
+from steerlab.ensembles import Ensemble, save_ensemble
+from steerlab.models import shape_of
+from steerlab.records import Trial
+from steerlab.search import study as st
+from steerlab.search.pareto import frontier, plot_frontier, plot_heatmap
+from steerlab.search.strategies import Strategy, make_sampler, make_strategy
+
+log = logging.getLogger("steerlab.sweeper")
+OWN_STATE = ("adaptive", "cmaes_ensemble")  # samplers that keep their own (single) objective
+
+
+@dataclass
+class Summary:
+    """What one study printed and found."""
+
+    text: str
+    best: Trial | None = None
+    pareto: list[Trial] = field(default_factory=list)
+    error: Exception | None = None
+
+
+def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
+    """Place, resume and run the study `cfg` describes until `search.n_trials` count."""
+    rn.check(cfg)
+    sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
+    try:  # extraction, vetting and baseline once, before any trial is asked
+        if cfg.combine.strategy and not cfg.combine.instruction_run:
+            place(cfg)  # the strategy's vectors, layers and first tries, as typed values
+            rn.check(cfg)
+        st.check_settings(sweep_dir, st.study_settings(cfg))
+        setup = runner.setup(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        log.error("study %s skipped: %s", label, e)
+        return Summary(f"\n== skipped ({label}): {e}", error=e)
+    search = cfg.search
+    strategy = _strategy(cfg)
+    multi = bool(search.multi_objective) and search.sampler not in OWN_STATE
+    sampler = make_sampler(search.sampler, search.seed, strategy.grid_space())
+    study = st.open_study(cfg, sweep_dir, sampler, multi)
+    parent = _parent_run(cfg, study, sweep_dir, setup)
+    base = steering_of(cfg)
+    while (left := _total(cfg, strategy) - st.counted(study)) > 0:
+        trials = strategy.propose(study, min(search.batch_size, left))
+        if not trials:
+            break
+        steers = [strategy.steering(t, base) for t in trials]
+        outcomes = _evaluate(runner, setup, steers, root_of(cfg))
+        for t, steer, outcome in zip(trials, steers, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("trial %d failed: %r", t.number, outcome)
+                st.fail(study, t, repr(outcome))
+                continue
+            scores = rn.record(
+                cfg, setup, steer, outcome, sweep_dir / str(t.number), t.number, parent
+            )
+            strategy.tell(study, t, scores, search.coherence_min, multi)
+    trials = st.records(study, strategy, base, search.coherence_min)
+    return _finish(cfg, study, trials, parent, sweep_dir, setup)
+
+
+def _strategy(cfg: DictConfig) -> Strategy:
+    n_layers, _ = shape_of(cfg.model.steering)
+    lo, hi = cfg.search.layers if cfg.search.layers else (0, n_layers - 1)
+    layers = list(range(lo, hi + 1))
+    return make_strategy(cfg.search, layers, cfg.steering.layers, bool(cfg.steering.mix))
+
+
+def _total(cfg: DictConfig, strategy: Strategy) -> int:
+    """`search.n_trials`, or fewer when a grid has fewer points."""
+    if cfg.search.sampler != "grid":
+        return int(cfg.search.n_trials)
+    return min(cfg.search.n_trials, math.prod(len(v) for v in strategy.grid_space().values()))
+
+
+def _evaluate(
+    runner: rn.Runner, setup: rn.Setup, steers: list[SteeringConfig], root: Path
+) -> list[Any]:
+    """One batched generate for all K; if it fails, each alone, so one bad trial fails alone
+    (its exception is returned in its place)."""
+    try:
+        return runner.evaluate(setup, steers, root)
+    except Exception as e:  # noqa: BLE001 - retried one by one, which reports
+        log.warning("batched evaluation failed (%s); running trials one by one", e)
+    out: list[Any] = []
+    for s in steers:
+        try:
+            out += runner.evaluate(setup, [s], root)
+        except Exception as e:  # noqa: BLE001 - recorded as the trial's failure
+            out.append(e)
+    return out
+
+
+def _parent_run(
+    cfg: DictConfig, study: optuna.Study, sweep_dir: Path, setup: rn.Setup
+) -> str | None:
+    """The study's MLflow parent run: created once, its id kept in the study."""
+    if not cfg.tracking.enabled:
+        return None
+    if run_id := study.user_attrs.get(st.PARENT_RUN):
+        return str(run_id)
+    tags = {
+        records.KIND: "sweep",
+        "steerlab.sweep_dir": str(sweep_dir),
+        "optuna.storage": st.storage_url(sweep_dir),
+        "optuna.study": study.study_name,
+    }
+    if cfg.combine.strategy:
+        tags[records.STRATEGY] = cfg.combine.strategy
+    name = f"sweep-{cfg.trait.name}-{sweep_dir.parent.name}-{sweep_dir.name}"
+    root, exp = root_of(cfg), tracking.experiment_name(cfg)
+    with tracking.run(root, exp, name, tracking.run_params(cfg), tags=tags) as mlflow:
+        run_id = mlflow.active_run().info.run_id
+        if ex := setup.extraction_rows:  # none when steering a given vector file
+            mlflow.log_table({k: [r[k] for r in ex] for k in ex[0]}, "extraction.json")
+        mlflow.log_dict(setup.vector_meta(), "vector.json")
+        rows = setup.base.rows
+        mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "baseline.json")
+        mlflow.log_metrics(
+            {"baseline_trait": setup.base.trait, "baseline_coherence": setup.base.coherence}
+        )
+    study.set_user_attr(st.PARENT_RUN, run_id)
+    return run_id
+
+
+def _finish(
+    cfg: DictConfig,
+    study: optuna.Study,
+    trials: list[Trial],
+    parent: str | None,
+    sweep_dir: Path,
+    setup: rn.Setup,
+) -> Summary:
+    failed, interrupted = st.n_failed(study)
+    front = frontier([(t.trait, t.coherence) for t in trials])
+    best = records.best(trials)
+    (sweep_dir / "trials.json").write_text(json.dumps([t.row() for t in trials], indent=1))
+    if best and cfg.search.sampler == "cmaes_ensemble":
+        _save_ensemble(cfg, best, setup)
+    if parent:
+        with tracking.run(root_of(cfg), "", "", run_id=parent) as mlflow:
+            tracking.log_sweep(mlflow, trials, front)
+            mlflow.log_metrics(
+                {"n_complete": len(trials), "n_failed": failed, "pareto_size": len(front)}
+            )
+            if trials:
+                cmin = cfg.search.coherence_min
+                mlflow.log_artifact(
+                    str(plot_frontier(trials, front, cmin, sweep_dir / "pareto.png"))
+                )
+                mlflow.log_artifact(str(plot_heatmap(trials, sweep_dir / "heatmap.png")))
+    text = summary_text(cfg, trials, best, failed, interrupted, st.storage_url(sweep_dir))
+    return Summary(text, best, [trials[i] for i in front])
+
+
+def _save_ensemble(cfg: DictConfig, best: Trial, setup: rn.Setup) -> None:
+    ens = Ensemble(
+        str(setup.vector_path),
+        cfg.steering.component,
+        [la for la, _ in best.weights],
+        [w for _, w in best.weights],
+        cfg.steering.coef_units,
+        best.trait,
+        best.coherence,
+    )
+    ex = cfg.extraction
+    vec = records.key_name(ex.source, position_of(cfg), ex.method, "residual")
+    # e.g. evil-nat10_md-attn_contribution-L11-L13: methods and sources never collide
+    layers = "-".join(f"L{la}" for la in ens.layers)
+    name = f"{cfg.trait.name}-{vec}-{cfg.steering.component}-{layers}"
+    path = save_ensemble(ens, name, root_of(cfg))
+    log.info("saved ensemble %s (use steering.ensemble=%s)", path, name)
+    print(f"saved ensemble: {path}  ->  python -m steerlab steering.ensemble={name} ...")
+
+
+def summary_text(
+    cfg: DictConfig,
+    trials: list[Trial],
+    best: Trial | None,
+    failed: int,
+    interrupted: int,
+    storage: str,
+) -> str:
+    """The study's closing lines: counts, the top trials (invalid ones marked x), the best."""
+    study_of = cfg.combine.strategy or (
+        f"{cfg.extraction.source} {position_of(cfg)} {cfg.extraction.method}"
+    )
+    more = f", {interrupted} interrupted" if interrupted else ""
+    lines = [
+        f"\n== {cfg.trait.name} [{study_of} {cfg.steering.component}, {cfg.search.sampler}]: "
+        f"{len(trials)} trials done, {failed} failed{more}; study {storage}",
+        f"{'trial':>5} {'where':>24} {'trait':>6} {'coh':>6} {'delta':>6}",
+    ]
+    for t in sorted(trials, key=lambda t: (not t.valid, -t.trait))[:8]:
+        mark = "" if t.valid else " x"
+        lines.append(
+            f"{t.number:>5} {t.where():>24} {t.trait:>6.1f} {t.coherence:>6.1f} "
+            f"{t.delta:>+6.1f}{mark}"
+        )
+    if best:
+        what = (
+            f"weights {best.row()['weights']}"
+            if best.weights
+            else f"layer {best.layer} coef {best.coef:.3g}"
+        )
+        lines.append(
+            f"best valid: {what} -> delta {best.delta:+.1f} (trait "
+            f"{best.trait:.1f}, coherence {best.coherence:.1f})"
+        )
+    else:
+        lines.append(f"no trial reached mean coherence >= {cfg.search.coherence_min:g}")
+    lines.append(
+        f"MLflow UI: make ui  (then open http://127.0.0.1:5000, experiment "
+        f"{tracking.experiment_name(cfg)!r})"
+    )
+    return "\n".join(lines)
