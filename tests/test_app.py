@@ -65,8 +65,12 @@ def test_sweep_logs_trials_and_resumes(tmp_path, cache):
         assert parent.data.metrics["best_coherence"] >= 50
         assert best == pytest.approx(max(r["trait"] for r in feasible))
 
+    written = {r["trial"]: (sweep_dir / str(r["trial"]) / "metrics.json").stat().st_mtime_ns
+               for r in rows}  # fmt: skip
     again = steerlab(tmp_path, cache, "-m", *SMALL, "search.n_trials=4", "search.batch_size=2")
-    assert "Launching" not in again.stdout + again.stderr  # nothing re-evaluated
+    assert "4 trials done" in again.stdout
+    for n, mtime in written.items():  # nothing re-evaluated or re-recorded
+        assert (sweep_dir / str(n) / "metrics.json").stat().st_mtime_ns == mtime
     assert len(runs(tmp_path, "trial")[1]) == 4 and len(runs(tmp_path, "sweep")[1]) == 1
 
     steerlab(tmp_path, cache, "-m", *SMALL, "search.n_trials=6", "search.batch_size=2")

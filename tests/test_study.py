@@ -1,0 +1,66 @@
+"""Study handling (search/study.py) on a real sqlite Optuna study: settings refusal, resume after
+a kill (interrupted trials closed, not counted), enqueue once, and trials read back as records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from optuna.trial import TrialState
+
+from steerlab.config import register, steering_of
+from steerlab.search import study as st
+from steerlab.search.strategies import Strategy, make_sampler
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+register()
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def _open(cfg, sweep_dir):
+    return st.open_study(cfg, sweep_dir, make_sampler("tpe", 0, {}), multi=False)
+
+
+def test_settings_name_what_changed_and_ignore_speed_and_search_size(tmp_path):
+    cfg = _cfg("trait=evil", "search.n_trials=4")
+    _open(cfg, tmp_path)
+    faster = _cfg("trait=evil", "search.n_trials=40", "search.batch_size=16", "judge.batch_size=3")
+    st.check_settings(tmp_path, st.study_settings(faster))  # same study: allowed
+    other = _cfg("trait=evil", "steering.max_new_tokens=12")
+    with pytest.raises(ValueError, match=r"steering.max_new_tokens: 40 -> 12"):
+        st.check_settings(tmp_path, st.study_settings(other))
+
+
+def test_resume_closes_interrupted_trials_without_counting_them(tmp_path):
+    cfg = _cfg("trait=evil", "search.enqueue=[{layer:3,coef:0.2}]")
+    study = _open(cfg, tmp_path)
+    strategy = Strategy(cfg.search, list(range(2, 6)))
+    done, killed, broken = strategy.propose(study, 3)
+    assert (done.params["layer"], done.params["coef"]) == (3, 0.2)  # enqueued first
+    strategy.tell(study, done, {"trait": 40.0, "coherence": 80.0, "delta": 5.0}, 70.0)
+    st.fail(study, broken, "ValueError('bad config')")
+    # `killed` is still RUNNING, as after a kill -9: the next open closes it as interrupted
+    again = _open(cfg, tmp_path)
+    states = {t.number: t.state for t in again.get_trials(deepcopy=False)}
+    assert states[killed.number] == TrialState.FAIL
+    assert st.counted(again) == 2  # the completed one and the one that failed by itself
+    assert st.n_failed(again) == (1, 1)
+    assert len(again.get_trials(deepcopy=False, states=(TrialState.WAITING,))) == 0  # once
+
+
+def test_records_carry_the_steering_each_trial_evaluated(tmp_path):
+    cfg = _cfg("trait=evil")
+    study = _open(cfg, tmp_path)
+    strategy = Strategy(cfg.search, [1, 2])
+    [t] = strategy.propose(study, 1)
+    strategy.tell(study, t, {"trait": 71.5, "coherence": 69.9, "delta": 3.0}, 70.0)
+    [rec] = st.records(study, strategy, steering_of(cfg), 70.0)
+    assert (rec.number, rec.layer, rec.coef) == (0, t.params["layer"], t.params["coef"])
+    assert (rec.trait, rec.coherence, rec.delta, rec.valid) == (71.5, 69.9, 3.0, False)
+    assert optuna.load_study(study_name="steerlab", storage=st.storage_url(tmp_path)).trials
