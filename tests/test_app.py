@@ -123,7 +123,7 @@ def test_cmaes_ensemble_saves_a_reusable_ensemble(tmp_path, cache):
     ("override", "message"),
     [
         ("steering.layer=99", "outside model"),
-        ("search.coef=[0,1]", "0 < lo <= hi"),
+        ("search.coef_range=[0,1]", "0 < lo <= hi"),
         ('position="resp[:3]"', "invalid position"),
         ("trait.dir=/nonexistent/trait", "file not found"),
         ("extraction.source=telepathy", "extraction.source='telepathy' is not valid"),
@@ -155,7 +155,7 @@ def test_combinations_place_the_best_vectors_of_model_diff(tmp_path, cache):
         "search.coherence_min=0",
         "search.n_trials=2",
         "search.batch_size=2",
-        "search.layers=[10,14]",
+        "search.layer_range=[10,14]",
     ]
     # a small model_diff of one trait and method: instruction [:] and natural [:5] [:10] [:15]
     steerlab(tmp_path, cache, "-m", "experiment=model_diff", "trait=evil",

@@ -105,28 +105,28 @@ def test_each_strategy_composes_into_a_study(pair, tmp_path, strategy):
     )
     enq = [dict(e) for e in search.enqueue]
     if strategy == "combined@natural_layer":
-        assert (s.vector, list(search.layers), enq) == (
+        assert (s.vector, list(search.layer_range), enq) == (
             str(combined),
             [3, 3],
             [{"layer": 3, "coef": 0.5}],
         )
     elif strategy == "combined@instruction_layer":
-        assert (s.vector, list(search.layers), enq) == (
+        assert (s.vector, list(search.layer_range), enq) == (
             str(combined),
             [1, 1],
             [{"layer": 1, "coef": 0.3}],
         )
     elif strategy == "combined@best_layer":
-        assert s.vector == str(combined) and search.layers is None
+        assert s.vector == str(combined) and search.layer_range is None
         assert enq == [{"layer": 1, "coef": 0.3}, {"layer": 3, "coef": 0.5}]
     elif strategy == "ensemble_half":
         assert [(m.vector, m.layer, m.weight) for m in s.mix] == [
             (inst.vector, 1, 0.15),
             (nat.vector, 3, 0.25),
         ]
-        assert list(search.coef) == [0.5, 2.0] and enq == [{"coef": 1.0}]
+        assert list(search.coef_range) == [0.5, 2.0] and enq == [{"coef": 1.0}]
     else:  # best_single: the higher-trait source (instruction here), at its own layer
-        assert (s.vector, list(search.layers), enq) == (
+        assert (s.vector, list(search.layer_range), enq) == (
             inst.vector,
             [1, 1],
             [{"layer": 1, "coef": 0.3}],

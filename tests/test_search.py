@@ -18,8 +18,8 @@ def _search(**kw):
         n_trials=8,
         batch_size=4,
         seed=0,
-        layers=None,
-        coef=[0.05, 0.8],
+        layer_range=None,
+        coef_range=[0.05, 0.8],
         coherence_min=70.0,
         multi_objective=False,
         enqueue=[],
@@ -62,7 +62,7 @@ def test_optuna_strategy_respects_space_and_constraint():
 def test_adaptive_multiplies_up_when_coherent_and_replays_state():
     search = _search(
         sampler="adaptive",
-        coef=[0.01, 10.0],
+        coef_range=[0.01, 10.0],
         options=dict(start=1.0, up=2.0, down=0.5, momentum=0.0, steps=2),
     )
     s = Adaptive(search, [4, 5])

@@ -138,7 +138,7 @@ def plan(strategy: str, inst: Best, nat: Best, combined: Path) -> dict[str, Any]
     def fixed(layer: int, vector: str | Path, coef: float) -> dict[str, Any]:
         return runs | {
             "steering.vector": str(vector),
-            "search.layers": [layer, layer],
+            "search.layer_range": [layer, layer],
             "search.enqueue": [{"layer": layer, "coef": coef}],
         }
 
@@ -153,7 +153,7 @@ def plan(strategy: str, inst: Best, nat: Best, combined: Path) -> dict[str, Any]
         terms = [MixTerm(b.vector, b.layer, b.coef / 2) for b in (inst, nat)]
         return runs | {
             "steering.mix": terms,
-            "search.coef": list(HALF_SCALE),
+            "search.coef_range": list(HALF_SCALE),
             "search.enqueue": [{"coef": 1.0}],
         }
     if strategy == "best_single":

@@ -102,8 +102,8 @@ class SearchConfig:
     n_trials: int = 12
     batch_size: int = 4  # trials asked together and evaluated in one batched generate
     seed: int = 0
-    layers: list[int] | None = None  # [lo, hi] inclusive; None: every layer
-    coef: list[float] = field(default_factory=lambda: [0.05, 0.6])  # [lo, hi], log scale
+    layer_range: list[int] | None = None  # [lo, hi] inclusive; None: every layer
+    coef_range: list[float] = field(default_factory=lambda: [0.05, 0.6])  # [lo, hi], log scale
     coherence_min: float = 70.0
     multi_objective: bool = False
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # known-good {layer, coef}

@@ -357,7 +357,7 @@ class Sweep:
             return [la for la, _ in top.weights]
         if top is not None and top.layer is not None:
             return [top.layer]
-        fixed = literal(self.params.get("search.layers"))
+        fixed = literal(self.params.get("search.layer_range", self.params.get("search.layers")))
         if isinstance(fixed, list) and len(fixed) == 2 and fixed[0] == fixed[1]:
             return [int(fixed[0])]
         if self.trials:  # searched, and nothing valid: no layer to name

@@ -62,15 +62,15 @@ def check(cfg: DictConfig) -> None:
     for name, path in given:
         if not Path(path).expanduser().is_file():
             raise ConfigError(f"{name}={path}: no such vector file")
-    lo, hi = cfg.search.coef
+    lo, hi = cfg.search.coef_range
     if not 0 < lo <= hi:
-        raise ConfigError(f"search.coef=[{lo}, {hi}] must satisfy 0 < lo <= hi")
+        raise ConfigError(f"search.coef_range=[{lo}, {hi}] must satisfy 0 < lo <= hi")
     spec = ModelSpec(**OmegaConf.to_container(cfg.model))  # type: ignore[arg-type]
     n_layers, _ = check_variants(spec)
     layers = [
         cfg.steering.layer,
         *(cfg.steering.layers or []),
-        *(cfg.search.layers or []),
+        *(cfg.search.layer_range or []),
         *(m.layer for m in cfg.steering.mix),
     ]
     bad = [x for x in layers if not 0 <= x < n_layers]

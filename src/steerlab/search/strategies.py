@@ -54,7 +54,7 @@ class Strategy:
         """`scale_only`: the layers are fixed (a `steering.mix`); search coef alone."""
         self.search = search
         self.layers = layers
-        lo, hi = search.coef
+        lo, hi = search.coef_range
         self.dists = {
             "layer": IntDistribution(min(layers), max(layers)),
             "coef": FloatDistribution(lo, hi, log=True),
@@ -64,7 +64,7 @@ class Strategy:
         self.penalised = search.sampler == "cmaes"
 
     def grid_space(self) -> dict[str, list[Any]]:
-        lo, hi = self.search.coef
+        lo, hi = self.search.coef_range
         k = int(self.search.options.get("coef_points", 4))
         coefs = [lo * (hi / lo) ** (i / max(k - 1, 1)) for i in range(k)]
         space = {"layer": list(self.layers), "coef": [round(c, 6) for c in coefs]}
@@ -119,7 +119,9 @@ class Adaptive(Strategy):
 
     def _state(self, study: optuna.Study) -> dict[int, tuple[float, float, int]]:
         o = self.search.options
-        base = math.sqrt(self.search.coef[0] * self.search.coef[1])  # geometric middle of range
+        base = math.sqrt(
+            self.search.coef_range[0] * self.search.coef_range[1]
+        )  # geometric middle of range
         state = {la: (float(o.get("start", 0.7)) * base, 0.0, 0) for la in self.layers}
         for t in sorted(_done(study), key=lambda t: t.number):
             la = t.params["layer"]
@@ -134,7 +136,7 @@ class Adaptive(Strategy):
 
     def propose(self, study: optuna.Study, n: int) -> list[optuna.trial.Trial]:
         steps = int(self.search.options.get("steps", 5))
-        lo, hi = self.search.coef
+        lo, hi = self.search.coef_range
         state = self._state(study)
         todo = [la for la in self.layers if state[la][2] < steps][:n]
         for la in todo:
@@ -155,7 +157,9 @@ class CmaEnsemble(Strategy):
         if not ens_layers:
             raise ValueError("search=cmaes_ensemble needs steering.layers=[...] (two or more)")
         self.ens_layers = list(ens_layers)
-        self.base = float(search.options.get("base", math.sqrt(search.coef[0] * search.coef[1])))
+        self.base = float(
+            search.options.get("base", math.sqrt(search.coef_range[0] * search.coef_range[1]))
+        )
         upper = float(search.options.get("upper", 4.0)) * self.base
         self.dists = {f"w{la}": FloatDistribution(0.0, upper) for la in self.ens_layers}
         self.penalised = True

@@ -85,7 +85,7 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
 
 def _strategy(cfg: DictConfig) -> Strategy:
     n_layers, _ = shape_of(cfg.model.steering)
-    lo, hi = cfg.search.layers if cfg.search.layers else (0, n_layers - 1)
+    lo, hi = cfg.search.layer_range if cfg.search.layer_range else (0, n_layers - 1)
     layers = list(range(lo, hi + 1))
     return make_strategy(cfg.search, layers, cfg.steering.layers, bool(cfg.steering.mix))
 
