@@ -39,6 +39,12 @@ def make_sampler(name: str, seed: int, space: dict[str, Any]) -> optuna.samplers
     return s.RandomSampler(seed=seed)  # adaptive / cmaes_ensemble enqueue their own params
 
 
+def middle(search: Any) -> float:
+    """The geometric middle of `search.coef_range`: where searches without a layer norm start."""
+    lo, hi = search.coef_range
+    return math.sqrt(lo * hi)
+
+
 class Strategy:
     """Optuna-sampled layer x coef; subclasses override `propose`, `steering` and `fitness`."""
 
