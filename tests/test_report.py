@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from steerlab import report as rep
+import steerlab
+from steerlab.markdown import cell
+from steerlab.records import fmt_coef, key_name
+from steerlab.report.cli import main
+from steerlab.report.format import fmt_delta, layer_ranges
 
 MIN = 70
 
@@ -302,7 +306,7 @@ def store(tmp_path_factory):
 def built(store, tmp_path_factory):
     root, ids = store
     out = tmp_path_factory.mktemp("report")
-    assert rep.main(["--root", str(root), "--out", str(out)]) == 0
+    assert main(["--root", str(root), "--out", str(out)]) == 0
     return root, ids, out, (out / "report.md").read_text()
 
 
@@ -433,13 +437,13 @@ def test_report_run_logged(built):
     assert f"Report run: {_s(run.info.run_id)}" in md
     names = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/report.md", "report/cosine.png", "report/cross_trait.png"} <= names
-    assert rep.collect(client, "model_diff")[0].name == "inst_md"  # the report run is no sweep
+    assert tracking.read_keys(client, "model_diff")[0].name == "inst_md"  # report run: no sweep
 
 
 def test_missing_sections_degrade(store, tmp_path):
     root, _ = store
     argv = ["--root", str(root), "--experiment", "nothing_here", "--experiments", "none_such"]
-    assert rep.main([*argv, "--out", str(tmp_path)]) == 0
+    assert main([*argv, "--out", str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     assert "`nothing_here` (missing)" in md
     assert "_No sweep runs (tag steerlab.kind=sweep) to report._" in md
@@ -454,7 +458,7 @@ def test_missing_sections_degrade(store, tmp_path):
 
 def test_subprocess(store, tmp_path):
     root, ids = store
-    env = {**os.environ, "PYTHONPATH": str(Path(rep.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(steerlab.__file__).parents[1])}
     done = subprocess.run(
         [sys.executable, "-m", "steerlab.report", "--root", str(root), "--out", str(tmp_path)],
         capture_output=True,
@@ -469,8 +473,8 @@ def test_subprocess(store, tmp_path):
 
 
 def test_formatting_helpers():
-    assert rep.fmt_coef(6.6) == "6.6" and rep.fmt_coef(0.123456) == "0.123"
-    assert rep.fmt_delta(56.24) == "+56.2" and rep.fmt_delta(-1.0) == "-1.0"
-    assert rep.layer_ranges([15, 12, 13, 14, 17]) == "L12-15, L17"
-    assert rep.key_name("natural", "response[:10]", "probe", "attn_contribution") == "nat10_pr_attn"
-    assert rep.cell("a |\nb" + "x" * 400, 10) == "a \\| bxxxx…"
+    assert fmt_coef(6.6) == "6.6" and fmt_coef(0.123456) == "0.123"
+    assert fmt_delta(56.24) == "+56.2" and fmt_delta(-1.0) == "-1.0"
+    assert layer_ranges([15, 12, 13, 14, 17]) == "L12-15, L17"
+    assert key_name("natural", "response[:10]", "probe", "attn_contribution") == "nat10_pr_attn"
+    assert cell("a |\nb" + "x" * 400, 10) == "a \\| bxxxx…"
