@@ -1,8 +1,8 @@
-"""The Markdown report on a small synthetic MLflow store with known numbers."""
+"""The Markdown report on a small synthetic MLflow store with known numbers, written the way the
+sweeper writes it (records.Trial rows logged by tracking.log_sweep)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 import steerlab
+from steerlab import records, tracking
 from steerlab.markdown import cell
-from steerlab.records import fmt_coef, key_name
+from steerlab.records import Trial, fmt_coef, key_name
 from steerlab.report.cli import main
 from steerlab.report.format import fmt_delta, layer_ranges
+from steerlab.search.pareto import frontier
 
 MIN = 70
 
@@ -57,34 +59,36 @@ def _sweep(
     responses=None,
     log_trials=True,
 ):
-    """A sweep parent run shaped like the sweeper's, with one child run per trial."""
-    from steerlab import tracking
+    """A sweep parent run shaped like the sweeper's, with one child run per trial.
 
+    `trials` are dicts of layer, coef (or weights: (layer, weight) pairs), trait, coherence and
+    delta; the trial table, Pareto frontier and best_* metrics are logged by `tracking.log_sweep`.
+    `d85` stands in for high-coherence trials this small table leaves out: a
+    best_delta_at_coherence_85 metric, only for a sweep none of whose trials reach coherence 85.
+    """
+    cmin = params["search"]["coherence_min"]
+    recs = [
+        Trial.of(
+            i,
+            t.get("layer"),
+            t.get("coef"),
+            t.get("weights", ()),
+            (t["trait"], t["coherence"], t["delta"]),
+            cmin,
+        )
+        for i, t in enumerate(trials)
+    ]
     with tracking.run(
-        root, exp, "sweep", params, tags={"steerlab.kind": "sweep", **(tags or {})}
+        root, exp, "sweep", params, tags={records.KIND: "sweep", **(tags or {})}
     ) as mlflow:
         pid = mlflow.active_run().info.run_id
-        cols = ["trial", "layer", "coef", "weights", "trait", "coherence", "delta", "feasible"]
-        rows = [
-            {
-                "trial": i,
-                "layer": t.get("layer", 5),
-                "coef": t.get("coef", float("nan")),
-                "weights": json.dumps(t.get("weights", {})),
-                "trait": t["trait"],
-                "coherence": t["coherence"],
-                "delta": t["delta"],
-                "feasible": t["coherence"] >= MIN,
-            }
-            for i, t in enumerate(trials)
-        ]
+        mlflow.log_metrics({"baseline_trait": baseline, "baseline_coherence": 90.0})
         if log_trials:
-            mlflow.log_table({c: [r[c] for r in rows] for c in cols}, "trials.json")
-        mlflow.log_metrics(
-            {"baseline_trait": baseline, "baseline_coherence": 90.0, "n_trials": len(rows)}
-        )
+            tracking.log_sweep(mlflow, recs, frontier([(t.trait, t.coherence) for t in recs]))
+        mlflow.log_metric("n_complete", len(recs))
         if d85 is not None:
-            mlflow.log_metric("best_delta_at_coherence_85", d85)
+            assert records.best_at(recs) is None, "log_sweep already logged this sweep's d85"
+            mlflow.log_metric(records.HIGH_COHERENCE_METRIC, d85)
         if vector:
             mlflow.log_dict({"path": str(vector), "component": "residual"}, "vector.json")
         if extraction:
@@ -92,32 +96,32 @@ def _sweep(
                 {k: [r[k] for r in extraction] for k in extraction[0]}, "extraction.json"
             )
     kids = {}
-    for r in rows if children else []:
-        p = {**params, "steering": {**params["steering"], "layer": r["layer"], "coef": r["coef"]}}
+    for t in recs if children else []:
+        p = {**params, "steering": {**params["steering"], "layer": t.layer, "coef": t.coef}}
         with tracking.run(
             root,
             exp,
-            f"trial-{r['trial']}",
+            f"trial-{t.number}",
             p,
             parent_run_id=pid,
             tags={
-                "steerlab.kind": "trial",
-                "steerlab.trial": str(r["trial"]),
-                "steerlab.vector": str(vector),
+                records.KIND: "trial",
+                records.TRIAL_TAG: str(t.number),
+                records.VECTOR_TAG: str(vector),
             },
         ) as mlflow:
-            kids[r["trial"]] = mlflow.active_run().info.run_id
+            kids[t.number] = mlflow.active_run().info.run_id
             mlflow.log_metrics(
                 {
-                    "trait": r["trait"],
-                    "coherence": r["coherence"],
-                    "delta": r["delta"],
-                    "valid": float(r["coherence"] >= MIN),
-                    "baseline": baseline,
+                    "trait": t.trait,
+                    "coherence": t.coherence,
+                    "delta": t.delta,
+                    "valid": float(t.valid),
+                    "baseline_trait": baseline,
                 }
             )
-            if responses and r["trial"] in responses:
-                mlflow.log_table(responses[r["trial"]], "responses.json")
+            if responses and t.number in responses:
+                mlflow.log_table(responses[t.number], "responses.json")
     return pid, kids
 
 
@@ -182,7 +186,6 @@ def store(tmp_path_factory):
             dict(layer=9, coef=0.1, trait=5.0, coherence=90.0, delta=2.0),
         ],
         baseline=2.0,
-        d85=2.0,
         vector=vi,
         extraction=_extraction("inst"),
         responses={0: _answers("INST")},
@@ -247,11 +250,10 @@ def store(tmp_path_factory):
             weights=[0.1, 0.1],
         ),
         [
-            dict(weights={"w5": 0.3, "w7": 1.2}, trait=16.0, coherence=88.0, delta=13.0),
-            dict(weights={"w5": 0.9, "w7": 2.0}, trait=30.0, coherence=40.0, delta=27.0),
+            dict(weights=[(5, 0.3), (7, 1.2)], trait=16.0, coherence=88.0, delta=13.0),
+            dict(weights=[(5, 0.9), (7, 2.0)], trait=30.0, coherence=40.0, delta=27.0),
         ],
         baseline=3.0,
-        d85=13.0,
         children=False,
     )
     ids["combo"], _ = _sweep(
@@ -260,8 +262,7 @@ def store(tmp_path_factory):
         _params("evil", "instruction", "response[:]", "mean_diff"),
         [dict(layer=5, coef=0.3, trait=14.0, coherence=88.0, delta=11.0)],
         baseline=3.0,
-        d85=11.0,
-        tags={"steerlab.strategy": "combined@instruction_layer"},
+        tags={records.STRATEGY: "combined@instruction_layer"},
         children=False,
     )
     ids["half"], _ = _sweep(  # two terms at one layer (both best vectors at L5)
@@ -274,19 +275,9 @@ def store(tmp_path_factory):
             "mix",
             mix=[{"vector": "/v/a.safetensors", "layer": 5, "weight": 0.1}] * 2,
         ),
-        [
-            dict(
-                layer=5,
-                coef=1.0,
-                weights={"w5": 0.1, "w5#2": 0.25},
-                trait=9.0,
-                coherence=90.0,
-                delta=6.0,
-            )
-        ],  # fmt: skip
+        [dict(weights=[(5, 0.1), (5, 0.25)], trait=9.0, coherence=90.0, delta=6.0)],
         baseline=3.0,
-        d85=6.0,
-        tags={"steerlab.strategy": "ensemble_half"},
+        tags={records.STRATEGY: "ensemble_half"},
         children=False,
     )
     ids["single"], _ = _sweep(
@@ -296,7 +287,7 @@ def store(tmp_path_factory):
         [dict(layer=5, coef=0.2, trait=15.3, coherence=80.0, delta=12.3)],
         baseline=3.0,
         d85=2.0,
-        tags={"steerlab.strategy": "best_single"},
+        tags={records.STRATEGY: "best_single"},
         children=False,
     )
     return root, ids
@@ -422,8 +413,6 @@ def test_answers_and_extraction(built):
 
 
 def test_report_run_logged(built):
-    from steerlab import tracking
-
     root, _, out, md = built
     client = tracking.client(root)
     exp = client.get_experiment_by_name("model_diff")
@@ -451,8 +440,6 @@ def test_missing_sections_degrade(store, tmp_path):
     assert "_Needs a valid best trial of both sources for a trait._" in md
     assert "## 8. Steered answers and extraction responses" in md
     assert not (tmp_path / "cosine.png").exists()
-    from steerlab import tracking
-
     assert tracking.client(root).get_experiment_by_name("nothing_here") is None  # not logged
 
 
@@ -478,3 +465,22 @@ def test_formatting_helpers():
     assert layer_ranges([15, 12, 13, 14, 17]) == "L12-15, L17"
     assert key_name("natural", "response[:10]", "probe", "attn_contribution") == "nat10_pr_attn"
     assert cell("a |\nb" + "x" * 400, 10) == "a \\| bxxxx…"
+
+
+def test_coherence_min_zero_and_a_child_run_without_coef(tmp_path):
+    """search.coherence_min=0 makes every trial valid (0 is not "unset"); a trial read from its
+    child run alone, with steering.layers but no coef logged, gets nan weights instead of failing.
+    """
+    root = tmp_path / "store"
+    params = _params("calm", "instruction", "response[:]", "mean_diff", layers=[3, 4])
+    params["search"]["coherence_min"] = 0
+    trial = dict(weights=[(3, 1.0), (4, 1.0)], trait=40.0, coherence=10.0, delta=37.0)
+    sweep, _ = _sweep(root, "cmin0", params, [trial], baseline=3.0, log_trials=False)
+    argv = ["--root", str(root), "--experiment", "cmin0", "--experiments", "", "--no-log"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "`search.coherence_min` (0)" in md
+    assert (
+        "| inst_md | instruction | response[:] | mean_diff | residual | L3=nan, L4=nan | — | 40.0 "
+        f"| 10.0 | +37.0 | 1/1 | {_s(sweep)} |"
+    ) in md
