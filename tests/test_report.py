@@ -1,8 +1,8 @@
-"""The Markdown report on a small synthetic MLflow store with known numbers."""
+"""The Markdown report on a small synthetic MLflow store with known numbers, written the way the
+sweeper writes it (records.Trial rows logged by tracking.log_sweep)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from steerlab import report as rep
+import steerlab
+from steerlab import records, tracking
+from steerlab.markdown import cell
+from steerlab.records import Trial, fmt_coef, key_name
+from steerlab.report.cli import main
+from steerlab.report.format import fmt_delta, layer_ranges
+from steerlab.search.pareto import frontier
 
 MIN = 70
 
@@ -53,34 +59,36 @@ def _sweep(
     responses=None,
     log_trials=True,
 ):
-    """A sweep parent run shaped like the sweeper's, with one child run per trial."""
-    from steerlab import tracking
+    """A sweep parent run shaped like the sweeper's, with one child run per trial.
 
+    `trials` are dicts of layer, coef (or weights: (layer, weight) pairs), trait, coherence and
+    delta; the trial table, Pareto frontier and best_* metrics are logged by `tracking.log_sweep`.
+    `d85` stands in for high-coherence trials this small table leaves out: a
+    best_delta_at_coherence_85 metric, only for a sweep none of whose trials reach coherence 85.
+    """
+    cmin = params["search"]["coherence_min"]
+    recs = [
+        Trial.of(
+            i,
+            t.get("layer"),
+            t.get("coef"),
+            t.get("weights", ()),
+            (t["trait"], t["coherence"], t["delta"]),
+            cmin,
+        )
+        for i, t in enumerate(trials)
+    ]
     with tracking.run(
-        root, exp, "sweep", params, tags={"steerlab.kind": "sweep", **(tags or {})}
+        root, exp, "sweep", params, tags={records.KIND: "sweep", **(tags or {})}
     ) as mlflow:
         pid = mlflow.active_run().info.run_id
-        cols = ["trial", "layer", "coef", "weights", "trait", "coherence", "delta", "feasible"]
-        rows = [
-            {
-                "trial": i,
-                "layer": t.get("layer", 5),
-                "coef": t.get("coef", float("nan")),
-                "weights": json.dumps(t.get("weights", {})),
-                "trait": t["trait"],
-                "coherence": t["coherence"],
-                "delta": t["delta"],
-                "feasible": t["coherence"] >= MIN,
-            }
-            for i, t in enumerate(trials)
-        ]
+        mlflow.log_metrics({"baseline_trait": baseline, "baseline_coherence": 90.0})
         if log_trials:
-            mlflow.log_table({c: [r[c] for r in rows] for c in cols}, "trials.json")
-        mlflow.log_metrics(
-            {"baseline_trait": baseline, "baseline_coherence": 90.0, "n_trials": len(rows)}
-        )
+            tracking.log_sweep(mlflow, recs, frontier([(t.trait, t.coherence) for t in recs]))
+        mlflow.log_metric("n_complete", len(recs))
         if d85 is not None:
-            mlflow.log_metric("best_delta_at_coherence_85", d85)
+            assert records.best_at(recs) is None, "log_sweep already logged this sweep's d85"
+            mlflow.log_metric(records.HIGH_COHERENCE_METRIC, d85)
         if vector:
             mlflow.log_dict({"path": str(vector), "component": "residual"}, "vector.json")
         if extraction:
@@ -88,32 +96,32 @@ def _sweep(
                 {k: [r[k] for r in extraction] for k in extraction[0]}, "extraction.json"
             )
     kids = {}
-    for r in rows if children else []:
-        p = {**params, "steering": {**params["steering"], "layer": r["layer"], "coef": r["coef"]}}
+    for t in recs if children else []:
+        p = {**params, "steering": {**params["steering"], "layer": t.layer, "coef": t.coef}}
         with tracking.run(
             root,
             exp,
-            f"trial-{r['trial']}",
+            f"trial-{t.number}",
             p,
             parent_run_id=pid,
             tags={
-                "steerlab.kind": "trial",
-                "steerlab.trial": str(r["trial"]),
-                "steerlab.vector": str(vector),
+                records.KIND: "trial",
+                records.TRIAL_TAG: str(t.number),
+                records.VECTOR_TAG: str(vector),
             },
         ) as mlflow:
-            kids[r["trial"]] = mlflow.active_run().info.run_id
+            kids[t.number] = mlflow.active_run().info.run_id
             mlflow.log_metrics(
                 {
-                    "trait": r["trait"],
-                    "coherence": r["coherence"],
-                    "delta": r["delta"],
-                    "valid": float(r["coherence"] >= MIN),
-                    "baseline": baseline,
+                    "trait": t.trait,
+                    "coherence": t.coherence,
+                    "delta": t.delta,
+                    "valid": float(t.valid),
+                    "baseline_trait": baseline,
                 }
             )
-            if responses and r["trial"] in responses:
-                mlflow.log_table(responses[r["trial"]], "responses.json")
+            if responses and t.number in responses:
+                mlflow.log_table(responses[t.number], "responses.json")
     return pid, kids
 
 
@@ -178,7 +186,6 @@ def store(tmp_path_factory):
             dict(layer=9, coef=0.1, trait=5.0, coherence=90.0, delta=2.0),
         ],
         baseline=2.0,
-        d85=2.0,
         vector=vi,
         extraction=_extraction("inst"),
         responses={0: _answers("INST")},
@@ -243,11 +250,10 @@ def store(tmp_path_factory):
             weights=[0.1, 0.1],
         ),
         [
-            dict(weights={"w5": 0.3, "w7": 1.2}, trait=16.0, coherence=88.0, delta=13.0),
-            dict(weights={"w5": 0.9, "w7": 2.0}, trait=30.0, coherence=40.0, delta=27.0),
+            dict(weights=[(5, 0.3), (7, 1.2)], trait=16.0, coherence=88.0, delta=13.0),
+            dict(weights=[(5, 0.9), (7, 2.0)], trait=30.0, coherence=40.0, delta=27.0),
         ],
         baseline=3.0,
-        d85=13.0,
         children=False,
     )
     ids["combo"], _ = _sweep(
@@ -256,8 +262,7 @@ def store(tmp_path_factory):
         _params("evil", "instruction", "response[:]", "mean_diff"),
         [dict(layer=5, coef=0.3, trait=14.0, coherence=88.0, delta=11.0)],
         baseline=3.0,
-        d85=11.0,
-        tags={"steerlab.strategy": "combined@instruction_layer"},
+        tags={records.STRATEGY: "combined@instruction_layer"},
         children=False,
     )
     ids["half"], _ = _sweep(  # two terms at one layer (both best vectors at L5)
@@ -270,19 +275,9 @@ def store(tmp_path_factory):
             "mix",
             mix=[{"vector": "/v/a.safetensors", "layer": 5, "weight": 0.1}] * 2,
         ),
-        [
-            dict(
-                layer=5,
-                coef=1.0,
-                weights={"w5": 0.1, "w5#2": 0.25},
-                trait=9.0,
-                coherence=90.0,
-                delta=6.0,
-            )
-        ],  # fmt: skip
+        [dict(weights=[(5, 0.1), (5, 0.25)], trait=9.0, coherence=90.0, delta=6.0)],
         baseline=3.0,
-        d85=6.0,
-        tags={"steerlab.strategy": "ensemble_half"},
+        tags={records.STRATEGY: "ensemble_half"},
         children=False,
     )
     ids["single"], _ = _sweep(
@@ -292,7 +287,7 @@ def store(tmp_path_factory):
         [dict(layer=5, coef=0.2, trait=15.3, coherence=80.0, delta=12.3)],
         baseline=3.0,
         d85=2.0,
-        tags={"steerlab.strategy": "best_single"},
+        tags={records.STRATEGY: "best_single"},
         children=False,
     )
     return root, ids
@@ -302,7 +297,7 @@ def store(tmp_path_factory):
 def built(store, tmp_path_factory):
     root, ids = store
     out = tmp_path_factory.mktemp("report")
-    assert rep.main(["--root", str(root), "--out", str(out)]) == 0
+    assert main(["--root", str(root), "--out", str(out)]) == 0
     return root, ids, out, (out / "report.md").read_text()
 
 
@@ -418,8 +413,6 @@ def test_answers_and_extraction(built):
 
 
 def test_report_run_logged(built):
-    from steerlab import tracking
-
     root, _, out, md = built
     client = tracking.client(root)
     exp = client.get_experiment_by_name("model_diff")
@@ -433,13 +426,13 @@ def test_report_run_logged(built):
     assert f"Report run: {_s(run.info.run_id)}" in md
     names = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/report.md", "report/cosine.png", "report/cross_trait.png"} <= names
-    assert rep.collect(client, "model_diff")[0].name == "inst_md"  # the report run is no sweep
+    assert tracking.read_keys(client, "model_diff")[0].name == "inst_md"  # report run: no sweep
 
 
 def test_missing_sections_degrade(store, tmp_path):
     root, _ = store
     argv = ["--root", str(root), "--experiment", "nothing_here", "--experiments", "none_such"]
-    assert rep.main([*argv, "--out", str(tmp_path)]) == 0
+    assert main([*argv, "--out", str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     assert "`nothing_here` (missing)" in md
     assert "_No sweep runs (tag steerlab.kind=sweep) to report._" in md
@@ -447,14 +440,12 @@ def test_missing_sections_degrade(store, tmp_path):
     assert "_Needs a valid best trial of both sources for a trait._" in md
     assert "## 8. Steered answers and extraction responses" in md
     assert not (tmp_path / "cosine.png").exists()
-    from steerlab import tracking
-
     assert tracking.client(root).get_experiment_by_name("nothing_here") is None  # not logged
 
 
 def test_subprocess(store, tmp_path):
     root, ids = store
-    env = {**os.environ, "PYTHONPATH": str(Path(rep.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(steerlab.__file__).parents[1])}
     done = subprocess.run(
         [sys.executable, "-m", "steerlab.report", "--root", str(root), "--out", str(tmp_path)],
         capture_output=True,
@@ -469,8 +460,27 @@ def test_subprocess(store, tmp_path):
 
 
 def test_formatting_helpers():
-    assert rep.fmt_coef(6.6) == "6.6" and rep.fmt_coef(0.123456) == "0.123"
-    assert rep.fmt_delta(56.24) == "+56.2" and rep.fmt_delta(-1.0) == "-1.0"
-    assert rep.layer_ranges([15, 12, 13, 14, 17]) == "L12-15, L17"
-    assert rep.key_name("natural", "response[:10]", "probe", "attn_contribution") == "nat10_pr_attn"
-    assert rep.cell("a |\nb" + "x" * 400, 10) == "a \\| bxxxx…"
+    assert fmt_coef(6.6) == "6.6" and fmt_coef(0.123456) == "0.123"
+    assert fmt_delta(56.24) == "+56.2" and fmt_delta(-1.0) == "-1.0"
+    assert layer_ranges([15, 12, 13, 14, 17]) == "L12-15, L17"
+    assert key_name("natural", "response[:10]", "probe", "attn_contribution") == "nat10_pr_attn"
+    assert cell("a |\nb" + "x" * 400, 10) == "a \\| bxxxx…"
+
+
+def test_coherence_min_zero_and_a_child_run_without_coef(tmp_path):
+    """search.coherence_min=0 makes every trial valid (0 is not "unset"); a trial read from its
+    child run alone, with steering.layers but no coef logged, gets nan weights instead of failing.
+    """
+    root = tmp_path / "store"
+    params = _params("calm", "instruction", "response[:]", "mean_diff", layers=[3, 4])
+    params["search"]["coherence_min"] = 0
+    trial = dict(weights=[(3, 1.0), (4, 1.0)], trait=40.0, coherence=10.0, delta=37.0)
+    sweep, _ = _sweep(root, "cmin0", params, [trial], baseline=3.0, log_trials=False)
+    argv = ["--root", str(root), "--experiment", "cmin0", "--experiments", "", "--no-log"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "`search.coherence_min` (0)" in md
+    assert (
+        "| inst_md | instruction | response[:] | mean_diff | residual | L3=nan, L4=nan | — | 40.0 "
+        f"| 10.0 | +37.0 | 1/1 | {_s(sweep)} |"
+    ) in md

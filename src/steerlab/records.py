@@ -41,6 +41,14 @@ def is_valid(coherence: float, coherence_min: float) -> bool:
     return coherence >= coherence_min
 
 
+def coherence_min(params: Mapping[str, Any]) -> float:
+    """A sweep's `search.coherence_min` param (0 counts); the default when absent or unreadable."""
+    try:
+        return float(params.get("search.coherence_min"))
+    except (TypeError, ValueError):
+        return DEFAULT_COHERENCE_MIN
+
+
 def weight_keys(layers: Sequence[int]) -> list[str]:
     """Table keys of per-layer weights: `w14`, and `w14#2` for a second term at layer 14."""
     seen: Counter[int] = Counter()
@@ -318,7 +326,7 @@ class Sweep:
 
     @property
     def coherence_min(self) -> float:
-        return finite(self.params.get("search.coherence_min")) or DEFAULT_COHERENCE_MIN
+        return coherence_min(self.params)
 
     @property
     def is_ensemble(self) -> bool:

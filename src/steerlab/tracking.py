@@ -7,6 +7,7 @@ mlflow is imported lazily (it costs seconds) and its per-run link printing is si
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -207,7 +208,8 @@ def _trial_from_child(number: str, kid: Any, cmin: float) -> Trial | None:
     weights: tuple[tuple[int, float], ...] = ()
     coef = records.finite(p.get("steering.coef"))
     if isinstance(layers, list) and layers:
-        ws = ws if isinstance(ws, list) and len(ws) == len(layers) else [coef] * len(layers)
+        fill = math.nan if coef is None else coef  # no coef logged: nan weights, no crash
+        ws = ws if isinstance(ws, list) and len(ws) == len(layers) else [fill] * len(layers)
         weights = tuple(sorted((int(la), float(w)) for la, w in zip(layers, ws, strict=True)))
     return Trial.of(
         records.as_int(number),
@@ -255,7 +257,7 @@ def read_sweeps(client: Any, experiment: str) -> list[Sweep] | None:
         if r.data.tags.get(records.KIND) != "sweep":
             continue
         params, metrics = dict(r.data.params), dict(r.data.metrics)
-        cmin = records.finite(params.get("search.coherence_min")) or records.DEFAULT_COHERENCE_MIN
+        cmin = records.coherence_min(params)
         kids = children.get(r.info.run_id, {})
         raw = read_artifact(client, r.info.run_id, r.info.artifact_uri, "trials.json")
         trials = records.trials_from_rows(records.table_rows(raw), cmin, kids) if raw else []

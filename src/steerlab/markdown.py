@@ -1,0 +1,20 @@
+"""Markdown helpers: a table and a table cell."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def cell(text: Any, limit: int = 300) -> str:
+    """Text fit for one Markdown table cell: one line, pipes escaped, at most `limit` chars."""
+    s = " ".join(str(text).split())
+    if len(s) > limit:
+        s = s[: limit - 1].rstrip() + "…"
+    return s.replace("|", "\\|")
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
