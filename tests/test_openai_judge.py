@@ -22,7 +22,8 @@ import yaml
 
 from conftest import bare_trait
 from steerlab.judges.base import JudgeScore
-from steerlab.judges.llm import Prompts, make_llm_judge
+from steerlab.judges.factory import make_llm_judge
+from steerlab.judges.llm import Prompts
 from steerlab.judges.openai import JudgeEndpointError, OpenAIJudge
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""What the LLM judges share: prompt templates, the trait/coherence/relevance flow, the factory.
+"""What the LLM judges share: prompt templates and the trait/coherence/relevance flow.
 
 A backend only turns rendered prompts into `Reading`s (expected number + probability mass);
 everything else (empty answers, clipping, the relevance cap on coherence, notes, identity) lives
@@ -146,45 +146,3 @@ def _combine(t: Reading, c: Reading, r: Reading | None, notes: list[str]) -> Jud
             coherence = min(coherence, OFF_TOPIC_CAP)
             notes.append(f"off-topic: relevance {r.score:.0f}, coherence capped")
     return JudgeScore(t.score, coherence, "; ".join(notes))
-
-
-_COMMON = {"model", "min_mass", "max_tokens"}
-_KEYS = {
-    "openai": _COMMON
-    | {
-        "base_url",
-        "api_key_env",
-        "concurrency",
-        "max_retries",
-        "backoff",
-        "timeout",
-        "top_logprobs",
-    },
-    "hf": _COMMON | {"batch_size", "dtype", "device", "top_logprobs"},
-}
-_ALL = {"backend", "prompts", "options", "name"} | _KEYS["openai"] | _KEYS["hf"]
-
-
-def make_llm_judge(cfg: Mapping) -> LLMJudge:
-    """Build the `openai` or `hf` judge from a `judge` config mapping (e.g. conf/judge/*.yaml).
-
-    Keys meant for the other backend are ignored (a typed schema carries all of them);
-    `options` holds backend extras (e.g. dtype, device, top_logprobs); unknown keys raise.
-    """
-    cfg = dict(cfg)
-    backend = cfg.get("backend")
-    if backend not in _KEYS:
-        raise ValueError(f"judge.backend must be one of {sorted(_KEYS)} here, got {backend!r}")
-    merged = {k: v for k, v in cfg.items() if k != "options"} | dict(cfg.get("options") or {})
-    unknown = sorted(set(merged) - _ALL)
-    if unknown:
-        raise ValueError(f"unknown judge key(s) {unknown}; valid: {sorted(_ALL)}")
-    prompts = Prompts.from_mapping(merged.get("prompts"))
-    kwargs = {k: v for k, v in merged.items() if k in _KEYS[backend] and v not in (None, "")}
-    if backend == "openai":
-        from steerlab.judges.openai import OpenAIJudge
-
-        return OpenAIJudge(prompts=prompts, **kwargs)
-    from steerlab.judges.hf import HFJudge
-
-    return HFJudge(prompts=prompts, **kwargs)
