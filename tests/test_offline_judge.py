@@ -182,14 +182,15 @@ def test_identity_changes_when_calibration_changes(tmp_path):
 def test_factory_builds_the_offline_judge_from_its_config(tmp_path):
     from omegaconf import OmegaConf
 
-    from steerlab.config import JudgeConfig
+    from steerlab.judges.config import OfflineJudgeConfig
     from steerlab.judges.factory import make_judge
 
     class Stub:
         ref = "stub-lm"
 
     node = OmegaConf.load(PROJECT_ROOT / "conf" / "judge" / "offline.yaml")
-    cfg = OmegaConf.merge(OmegaConf.structured(JudgeConfig), node)
+    assert node.pop("defaults") == ["offline_schema", "_self_"]  # what Hydra merges it into
+    cfg = OmegaConf.merge(OmegaConf.structured(OfflineJudgeConfig), node)
     judge = make_judge(cfg, Stub(), tmp_path)
     assert isinstance(judge, OfflineJudge)
     assert judge.max_answer_tokens == cfg.options.max_answer_tokens

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from steerlab.judges.base import Judge
+from steerlab.judges.config import SCHEMAS, settings
 from steerlab.judges.hf import HFJudge
 from steerlab.judges.llm import LLMJudge, Prompts
 from steerlab.judges.offline import OfflineJudge
@@ -21,22 +22,10 @@ from steerlab.judges.openai import OpenAIJudge
 if TYPE_CHECKING:
     from steerlab.models import LoadedModel
 
-BACKENDS = ("offline", "openai", "hf")
-_COMMON = {"model", "min_mass", "max_tokens"}
-_KEYS = {
-    "openai": _COMMON
-    | {
-        "base_url",
-        "api_key_env",
-        "concurrency",
-        "max_retries",
-        "backoff",
-        "timeout",
-        "top_logprobs",
-    },
-    "hf": _COMMON | {"batch_size", "dtype", "device", "top_logprobs"},
-}
-_ALL = {"backend", "prompts", "options", "name"} | _KEYS["openai"] | _KEYS["hf"]
+BACKENDS = tuple(SCHEMAS)
+LLM_JUDGES: dict[str, type[LLMJudge]] = {"openai": OpenAIJudge, "hf": HFJudge}
+# what a plain mapping may hold for an LLM judge; `name` is tolerated and ignored, as before
+_LLM_KEYS = {"backend", "prompts", "options", "name"}.union(*map(settings, LLM_JUDGES))
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
@@ -62,7 +51,7 @@ def make_judge(cfg: Any, model: LoadedModel | None, cache_dir: Path) -> Judge:
                 "the coherence signal); pass the loaded model"
             )
         return OfflineJudge.from_options(model, Path(cache_dir), conf.get("options") or {})
-    if backend in ("openai", "hf"):
+    if backend in LLM_JUDGES:
         return make_llm_judge(conf)
     raise ValueError(f"unknown judge.backend {backend!r}; valid: {', '.join(BACKENDS)}")
 
@@ -70,19 +59,19 @@ def make_judge(cfg: Any, model: LoadedModel | None, cache_dir: Path) -> Judge:
 def make_llm_judge(cfg: Mapping) -> LLMJudge:
     """Build the `openai` or `hf` judge from a `judge` config mapping (e.g. conf/judge/*.yaml).
 
-    Keys meant for the other backend are ignored (a typed schema carries all of them);
-    `options` holds backend extras (e.g. dtype, device, top_logprobs); unknown keys raise.
+    The keys a backend uses are its schema's (`steerlab.judges.config`); `options` holds its
+    extras (e.g. dtype, device, top_logprobs). Keys only the other LLM backend uses are ignored
+    (a config switched with `judge.backend=...` keeps them); unknown keys raise.
     """
     cfg = dict(cfg)
     backend = cfg.get("backend")
-    if backend not in _KEYS:
-        raise ValueError(f"judge.backend must be one of {sorted(_KEYS)} here, got {backend!r}")
+    if backend not in LLM_JUDGES:
+        raise ValueError(f"judge.backend must be one of {sorted(LLM_JUDGES)} here, got {backend!r}")
     merged = {k: v for k, v in cfg.items() if k != "options"} | dict(cfg.get("options") or {})
-    unknown = sorted(set(merged) - _ALL)
+    unknown = sorted(set(merged) - _LLM_KEYS)
     if unknown:
-        raise ValueError(f"unknown judge key(s) {unknown}; valid: {sorted(_ALL)}")
+        raise ValueError(f"unknown judge key(s) {unknown}; valid: {sorted(_LLM_KEYS)}")
     prompts = Prompts.from_mapping(merged.get("prompts"))
-    kwargs = {k: v for k, v in merged.items() if k in _KEYS[backend] and v not in (None, "")}
-    if backend == "openai":
-        return OpenAIJudge(prompts=prompts, **kwargs)
-    return HFJudge(prompts=prompts, **kwargs)
+    mine = settings(backend)
+    kwargs = {k: v for k, v in merged.items() if k in mine and v not in (None, "")}
+    return LLM_JUDGES[backend](prompts=prompts, **kwargs)

@@ -74,6 +74,7 @@ import numpy as np
 from steerlab.cache import digest
 from steerlab.data import PROJECT_ROOT, Labelled, TraitData, read_labelled
 from steerlab.judges.base import JudgeScore, clip_answer
+from steerlab.judges.config import OfflineJudgeConfig
 
 if TYPE_CHECKING:
     from steerlab.models import LoadedModel
@@ -97,7 +98,6 @@ ZLIB_CAP = 0.5  # compression ratio below this counts as repetition; above it tr
 ALPHAS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 TFIDF_WEIGHTS = (1.0, 2.0, 3.0)
 FOLDS = 5
-OPTIONS = ("calibration_dirs", "encoder_batch_size", "max_answer_tokens", "token_budget")
 
 COHERENCE_BASE = (
     "nll_mean",
@@ -708,10 +708,11 @@ class OfflineJudge:
         cls, model: LoadedModel, cache_dir: Path, options: Mapping[str, Any] | None = None
     ) -> OfflineJudge:
         opts = dict(options or {})
-        unknown = set(opts) - set(OPTIONS)
+        valid = OfflineJudgeConfig.OPTIONS
+        unknown = set(opts) - set(valid)
         if unknown:
             raise ValueError(
-                f"unknown offline judge option(s) {sorted(unknown)}; valid: {', '.join(OPTIONS)}"
+                f"unknown offline judge option(s) {sorted(unknown)}; valid: {', '.join(valid)}"
             )
         dirs = opts.pop("calibration_dirs", None)
         return cls(model, cache_dir, discover_calibration(dirs), **opts)

@@ -20,9 +20,11 @@ import hydra
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from steerlab.config import register
 from steerlab.data import LABELLED_KEYS, PROJECT_ROOT, TraitDataError, read_jsonl
 
 CONF_DIR = PROJECT_ROOT / "conf"
+register()  # the judge yaml files pull their schemas from the ConfigStore
 KEYS = ("trait", *LABELLED_KEYS)
 
 
@@ -119,14 +121,13 @@ def typed(node: DictConfig, schema: type) -> DictConfig:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     from steerlab import tracking
-    from steerlab.config import JudgeConfig, ModelConfig, register
+    from steerlab.config import ModelConfig
     from steerlab.data import load_trait
     from steerlab.judges.base import cached_scores
     from steerlab.judges.factory import make_judge
     from steerlab.models import load_model
 
-    register()
-    judge_cfg, model_cfg = typed(cfg.judge, JudgeConfig), typed(cfg.model, ModelConfig)
+    judge_cfg, model_cfg = cfg.judge, typed(cfg.model, ModelConfig)  # judge: typed by its yaml
     root, cache = Path(cfg.paths.root), Path(cfg.paths.cache)
     traits = configured_traits()
     rows = read_rows(cfg.data, traits)
