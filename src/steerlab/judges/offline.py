@@ -75,6 +75,7 @@ from steerlab.cache import digest
 from steerlab.data import PROJECT_ROOT, Labelled, TraitData, read_labelled
 from steerlab.judges.base import JudgeScore, clip_answer
 from steerlab.judges.config import OfflineJudgeConfig
+from steerlab.judges.metrics import spearman
 
 if TYPE_CHECKING:
     from steerlab.models import LoadedModel
@@ -415,13 +416,10 @@ def to_score(raw: np.ndarray, a: float, b: float) -> np.ndarray:
     return np.clip(100.0 * _sigmoid(a * (np.asarray(raw) - 50.0) / 50.0 + b), 0.0, 100.0)
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return -1.0
-    rho = float(spearmanr(x, y).statistic)
-    return rho if math.isfinite(rho) else -1.0
+def _cv_rho(pred: np.ndarray, y: np.ndarray) -> float:
+    """Spearman for model selection: an undefined rho (e.g. constant predictions) ranks last."""
+    rho = spearman(pred, y)
+    return -1.0 if math.isnan(rho) else rho
 
 
 def _folds(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -547,7 +545,7 @@ def fit_trait_model(enc: Encoded, answers: Sequence[str], y: np.ndarray) -> Trai
             for tr, te, xtr, xte in fold_tfidf:
                 m = Linear.fit(stage1_features(_rows(enc, tr), xtr, w), y[tr], alpha)
                 oof[te] = m(stage1_features(_rows(enc, te), xte, w))
-            rho = _spearman(oof, y)
+            rho = _cv_rho(oof, y)
             if best is None or rho > best[0]:
                 best = (rho, w, alpha, oof)
     assert best is not None
@@ -564,7 +562,7 @@ def fit_trait_model(enc: Encoded, answers: Sequence[str], y: np.ndarray) -> Trai
         "tfidf_weight": w,
         "vocab": len(tfidf.vocab),
         "cv_spearman_stage1": rho1,
-        "cv_spearman": _spearman(oof2, y),
+        "cv_spearman": _cv_rho(oof2, y),
     }
     return TraitModel(tfidf, w, stage1, stage2, a, b, meta)
 
@@ -632,7 +630,7 @@ def fit_coherence_model(base: np.ndarray, y: np.ndarray) -> CoherenceModel:
     best: tuple[float, float, np.ndarray] | None = None
     for alpha in ALPHAS:
         oof = _oof(lambda tr, te, a=alpha: fit(tr, a)(x[te]), len(y))
-        rho = _spearman(oof, y)
+        rho = _cv_rho(oof, y)
         if best is None or rho > best[0]:
             best = (rho, alpha, oof)
     assert best is not None
