@@ -384,7 +384,7 @@ def test_llama_cpp_server_end_to_end(llama_server):
     }
     j = make_llm_judge(cfg)
     # the plumbing, prompt by prompt: 200 responses with logprobs, a mass, scores in range
-    readings = j._read(
+    readings = j.read(
         [
             "How much is 40 + 2? Reply with the number only.",
             j.prompts.render("trait", TRAIT, "Do you like people?", "I hate them."),

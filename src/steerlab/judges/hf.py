@@ -54,7 +54,7 @@ class HFJudge(LLMJudge):
             self._pieces[token_id] = self.lm.tokenizer.decode([token_id])
         return self._pieces[token_id]
 
-    def _read(self, texts: Sequence[str]) -> list[Reading]:
+    def read(self, texts: Sequence[str]) -> list[Reading]:
         ids = [prompt_ids(self.lm, t) for t in texts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # less padding per batch
         out: list[Reading | None] = [None] * len(ids)

@@ -74,7 +74,7 @@ def low_mass_note(mass: float) -> str:
 
 
 class LLMJudge:
-    """Trait + coherence (grammar rubric, then relevance) from a backend's `_read` of prompts."""
+    """Trait + coherence (grammar rubric, then relevance) from a backend's `read` of prompts."""
 
     backend = "llm"
 
@@ -89,7 +89,8 @@ class LLMJudge:
         """Backend-specific identity part (endpoint + model, or model reference)."""
         raise NotImplementedError
 
-    def _read(self, texts: Sequence[str]) -> list[Reading]:
+    def read(self, texts: Sequence[str]) -> list[Reading]:
+        """One `Reading` per rendered prompt, in order (the backend's next-token logprobs)."""
         raise NotImplementedError
 
     @property
@@ -111,7 +112,7 @@ class LLMJudge:
             a, clip_note = clip_answer(a)
             notes[i] += [clip_note] if clip_note else []
             todo.append((i, q, a))
-        first = self._read(
+        first = self.read(
             [
                 self.prompts.render(k, trait, q, a)
                 for _, q, a in todo
@@ -121,7 +122,7 @@ class LLMJudge:
         trait_r, coh_r = first[0::2], first[1::2]
         ask = [j for j, r in enumerate(coh_r) if r.score is not None and r.score > OFF_TOPIC_CAP]
         rel = (
-            self._read(
+            self.read(
                 [self.prompts.render("relevance", trait, todo[j][1], todo[j][2]) for j in ask]
             )
             if ask
