@@ -66,8 +66,8 @@ def test_batched_equals_one_at_a_time():
     texts = [PROMPTS.render(k, TRAIT, q, a) for q, a in PAIRS if a for k in ("trait", "coherence")]
     # a random model spreads its mass thinly: read the whole vocabulary so digits are included
     kw = dict(min_mass=0.0, top_logprobs=len(lm.tokenizer))
-    batched = HFJudge(PROMPTS, lm, batch_size=8, **kw)._read(texts)
-    single = HFJudge(PROMPTS, lm, batch_size=1, **kw)._read(texts)
+    batched = HFJudge(PROMPTS, lm, batch_size=8, **kw).read(texts)
+    single = HFJudge(PROMPTS, lm, batch_size=1, **kw).read(texts)
     assert all(r.score is not None and 0 <= r.score <= 100 for r in batched)
     assert len({round(r.mass, 6) for r in batched}) > 1  # the rows really differ
     for b, s in zip(batched, single, strict=True):
@@ -85,10 +85,10 @@ def test_rigged_head_makes_seven_the_answer():
 def test_rigged_split_digits_read_along_the_greedy_path():
     lm = rig(tiny_model("llama"), {None: "4", "4": "2", "2": "<end>"})
     j = HFJudge(PROMPTS, lm, batch_size=3)
-    [r] = j._read([PROMPTS.render("trait", TRAIT, "Q?", "A.")])
+    [r] = j.read([PROMPTS.render("trait", TRAIT, "Q?", "A.")])
     assert r.score == pytest.approx(42.0, abs=1e-3) and r.mass == pytest.approx(1.0, abs=1e-3)
     # one decode step only: "4" is then taken as a whole number
-    [r1] = HFJudge(PROMPTS, lm, max_tokens=1)._read([PROMPTS.render("trait", TRAIT, "Q?", "A.")])
+    [r1] = HFJudge(PROMPTS, lm, max_tokens=1).read([PROMPTS.render("trait", TRAIT, "Q?", "A.")])
     assert r1.score == pytest.approx(4.0, abs=1e-3)
     # "1","0","0" needs all three positions
     lm100 = rig(tiny_model("llama"), {None: "1", "1": "0", "0": "0"})

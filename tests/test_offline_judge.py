@@ -16,12 +16,11 @@ import pytest
 
 from steerlab.data import PROJECT_ROOT, load_trait
 from steerlab.judges.base import cached_scores
-from steerlab.judges.offline import (
+from steerlab.judges.offline import OfflineJudge, discover_calibration
+from steerlab.judges.offline_features import (
     JudgeSetupError,
-    OfflineJudge,
     Tfidf,
     answer_nll,
-    discover_calibration,
     distinct,
     non_english,
     repeat_cover,
@@ -152,9 +151,51 @@ def test_tfidf_matches_scikit_learn():
     docs = ["I agree with you", "You are right, I agree", "I do not agree at all", "no way"]
     mine = Tfidf.fit(docs, min_df=2)
     ref = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(docs)
-    assert mine.vocab == sorted(ref.vocabulary_, key=ref.vocabulary_.get)
+    assert sorted(mine.vocabulary, key=mine.vocabulary.get) == sorted(
+        ref.vocabulary_, key=ref.vocabulary_.get
+    )
     new = ["I agree, agree, agree", "nothing known here"]
     np.testing.assert_allclose(mine.transform(new), ref.transform(new).toarray(), atol=1e-9)
+
+
+def test_tfidf_features_written_out_and_json_round_trip():
+    """The features as the judge has always defined them (and as scikit-learn computes them):
+    lower-cased 2+ character words and their bigrams, kept if in >= 2 fitted texts,
+    (1 + ln count) x (ln((1 + n) / (1 + df)) + 1), rows L2-normalised."""
+    import math
+    import re
+    from collections import Counter
+    from dataclasses import asdict
+
+    def terms(text):
+        toks = re.findall(r"(?u)\b\w\w+\b", text.lower())
+        return toks + [f"{a} {b}" for a, b in zip(toks, toks[1:], strict=False)]
+
+    docs = [
+        "I agree with you",
+        "You are right, I agree with you",
+        "I do not agree at all",
+        "No way, you are wrong",
+    ]
+    df = Counter(t for d in docs for t in set(terms(d)))
+    vocab = sorted(t for t, c in df.items() if c >= 2)
+    mine = Tfidf.fit(docs)
+    assert sorted(mine.vocabulary, key=mine.vocabulary.get) == vocab
+    assert vocab == ["agree", "agree with", "are", "with", "with you", "you", "you are"]
+    new = ["You AGREE, agree, agree with you", "nothing known here", "are you"]
+    ref = np.zeros((len(new), len(vocab)))
+    for r, text in enumerate(new):
+        for t, c in Counter(terms(text)).items():
+            if t in vocab:
+                idf = math.log((1 + len(docs)) / (1 + df[t])) + 1
+                ref[r, vocab.index(t)] = (1 + math.log(c)) * idf
+        if ref[r].any():
+            ref[r] /= np.linalg.norm(ref[r])
+    np.testing.assert_allclose(mine.transform(new), ref, atol=1e-12)
+    back = Tfidf(**json.loads(json.dumps(asdict(mine))))
+    np.testing.assert_array_equal(back.transform(new), mine.transform(new))
+    empty = Tfidf.fit(["one text only"])  # no term in two texts: no TF-IDF columns
+    assert empty.vocabulary == {} and empty.transform(["a", "b"]).shape == (2, 0)
 
 
 def test_identity_changes_when_calibration_changes(tmp_path):
@@ -182,14 +223,15 @@ def test_identity_changes_when_calibration_changes(tmp_path):
 def test_factory_builds_the_offline_judge_from_its_config(tmp_path):
     from omegaconf import OmegaConf
 
-    from steerlab.config import JudgeConfig
+    from steerlab.judges.config import OfflineJudgeConfig
     from steerlab.judges.factory import make_judge
 
     class Stub:
         ref = "stub-lm"
 
     node = OmegaConf.load(PROJECT_ROOT / "conf" / "judge" / "offline.yaml")
-    cfg = OmegaConf.merge(OmegaConf.structured(JudgeConfig), node)
+    assert node.pop("defaults") == ["offline_schema", "_self_"]  # what Hydra merges it into
+    cfg = OmegaConf.merge(OmegaConf.structured(OfflineJudgeConfig), node)
     judge = make_judge(cfg, Stub(), tmp_path)
     assert isinstance(judge, OfflineJudge)
     assert judge.max_answer_tokens == cfg.options.max_answer_tokens
@@ -212,12 +254,14 @@ def test_answer_nll_is_batch_independent_and_refuses_a_steered_model(llama):
         np.testing.assert_allclose(nll, alone, atol=1e-4)
     capped = answer_nll(llama, qs[:1], ["word " * 50], max_answer_tokens=7)[0]
     assert capped.shape == (7,)
-    handle = llama.module(1, "residual").register_forward_hook(lambda *_: None)
-    try:
-        with pytest.raises(JudgeSetupError, match="unsteered"):
-            answer_nll(llama, qs, ans)
-    finally:
-        handle.remove()
+    import torch
+
+    from steerlab.steering import SteerTerm, steer
+
+    term = SteerTerm(1, "residual", torch.ones(llama.hidden_size), 1.0)
+    with steer(llama, [(term,)] * len(qs)), pytest.raises(JudgeSetupError, match="unsteered"):
+        answer_nll(llama, qs, ans)
+    np.testing.assert_allclose(answer_nll(llama, qs, ans)[1], batched[1])  # context closed
 
 
 # --------------------------------------------------------------------------- slow: real models

@@ -22,7 +22,8 @@ import yaml
 
 from conftest import bare_trait
 from steerlab.judges.base import JudgeScore
-from steerlab.judges.llm import Prompts, make_llm_judge
+from steerlab.judges.factory import make_llm_judge
+from steerlab.judges.llm import Prompts
 from steerlab.judges.openai import JudgeEndpointError, OpenAIJudge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,13 @@ def completion(*positions: list[tuple[str, float]]) -> dict:
             }
         ],
     }
+
+
+def judge_yaml(backend: str) -> dict:
+    """conf/judge/<backend>.yaml as the plain mapping Hydra merges into the backend's schema."""
+    cfg = yaml.safe_load((ROOT / "conf" / "judge" / f"{backend}.yaml").read_text())
+    assert cfg.pop("defaults") == [f"{backend}_schema", "_self_"]
+    return cfg
 
 
 def by_kind(body: dict) -> dict:
@@ -285,7 +293,7 @@ def test_identity_tracks_endpoint_model_and_prompts():
 
 
 def test_config_files_build_judges():
-    cfg = yaml.safe_load((ROOT / "conf/judge/openai.yaml").read_text())
+    cfg = judge_yaml("openai")
     j = make_llm_judge(cfg)
     assert isinstance(j, OpenAIJudge) and j.model == "gpt-4.1-mini" and j.concurrency == 16
     assert (j.max_retries, j.backoff, j.timeout, j.min_mass, j.max_tokens) == (5, 1.0, 60, 0.25, 3)
@@ -293,7 +301,7 @@ def test_config_files_build_judges():
     assert TRAIT.rubric.text() in rendered and "An {answer} with braces" in rendered
     with pytest.raises(ValueError, match="unknown judge key"):
         make_llm_judge(cfg | {"concurency": 4})
-    # a typed schema passes every backend's keys: the other backend's are ignored
+    # keys only the other LLM backend uses are ignored, as before the per-backend schemas
     j = make_llm_judge(cfg | {"batch_size": 16, "model": "", "options": {"top_logprobs": 5}})
     assert j.model == "gpt-4.1-mini" and j.top_logprobs == 5
     with pytest.raises(ValueError, match="templates"):
@@ -364,7 +372,7 @@ def llama_server() -> Iterator[str]:
 
 @pytest.mark.server
 def test_llama_cpp_server_end_to_end(llama_server):
-    cfg = yaml.safe_load((ROOT / "conf/judge/openai.yaml").read_text())
+    cfg = judge_yaml("openai")
     cfg |= {
         "base_url": llama_server,
         "model": "smollm2",
@@ -376,7 +384,7 @@ def test_llama_cpp_server_end_to_end(llama_server):
     }
     j = make_llm_judge(cfg)
     # the plumbing, prompt by prompt: 200 responses with logprobs, a mass, scores in range
-    readings = j._read(
+    readings = j.read(
         [
             "How much is 40 + 2? Reply with the number only.",
             j.prompts.render("trait", TRAIT, "Do you like people?", "I hate them."),

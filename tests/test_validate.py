@@ -99,7 +99,7 @@ def _run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
         [
             sys.executable,
             "-m",
-            "steerlab.judges.validate",
+            "steerlab.judge_validation",
             "judge=offline",
             f"paths.root={tmp_path}",
             *overrides,

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from steerlab.judges.config import register as register_judges
 from steerlab.positions import parse_position
 
 
@@ -80,23 +81,6 @@ class SteeringConfig:
 
 
 @dataclass
-class JudgeConfig:
-    backend: str = "offline"  # offline | openai | hf
-    model: str = ""
-    base_url: str = "https://api.openai.com/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 16
-    max_retries: int = 5
-    backoff: float = 1.0
-    timeout: float = 60.0
-    min_mass: float = 0.25
-    max_tokens: int = 3
-    batch_size: int = 16
-    prompts: dict[str, str] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)  # backend-specific extras
-
-
-@dataclass
 class SearchConfig:
     sampler: str = "tpe"  # tpe | gp | nsga2 | cmaes | grid | adaptive | cmaes_ensemble
     n_trials: int = 12
@@ -138,7 +122,7 @@ class SteerlabConfig:
     trait: TraitConfig = field(default_factory=TraitConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    judge: Any = MISSING  # one backend's schema: steerlab.judges.config
     search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     combine: CombineConfig = field(default_factory=CombineConfig)
@@ -161,6 +145,7 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="steerlab_schema", node=SteerlabConfig)
+    register_judges()
     if not OmegaConf.has_resolver("steerlab_position"):
         OmegaConf.register_new_resolver("steerlab_position", position_tag)
 

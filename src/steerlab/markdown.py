@@ -1,4 +1,4 @@
-"""Markdown helpers: a table and a table cell."""
+"""Markdown tables for reports and command-line summaries."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def cell(text: Any, limit: int = 300) -> str:
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """A Markdown table as lines: header, separator, one line per row (cells as given)."""
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return out

@@ -7,7 +7,7 @@ always removed on exit, restoring the model exactly.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,10 +61,19 @@ def _add_hook(delta: torch.Tensor) -> Any:
     return hook
 
 
+_OPEN: Counter[int] = Counter()  # id(model.model) -> `steer` contexts open on it
+
+
+def is_steered(model: LoadedModel) -> bool:
+    """Whether a `steer` context is open on this model (its activations may be shifted)."""
+    return _OPEN[id(model.model)] > 0
+
+
 @contextmanager
 def steer(model: LoadedModel, rows: Sequence[Terms]) -> Iterator[None]:
     """Steer batch row r with `rows[r]`; rows with an empty tuple run unsteered."""
     handles = []
+    _OPEN[id(model.model)] += 1
     try:
         for (layer, component), delta in _deltas(model, rows).items():
             if bool(delta.any()):
@@ -74,3 +83,4 @@ def steer(model: LoadedModel, rows: Sequence[Terms]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+        _OPEN[id(model.model)] -= 1

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from steerlab.cache import digest
+from steerlab.cache import KeyedJsonlStore, digest
 from steerlab.data import TraitData
 
 MAX_ANSWER_CHARS = 20_000  # longer answers are truncated before judging (and flagged)
@@ -45,29 +44,22 @@ def cached_scores(
     judge: Judge, trait: TraitData, pairs: Sequence[tuple[str, str]], cache_dir: Path
 ) -> list[JudgeScore]:
     """Score with a per-text cache: pairs already scored by the same judge cost nothing."""
-    path = cache_dir / "judge" / f"{digest(judge.identity, trait.name, trait.rubric.text())}.jsonl"
-    known: dict[str, JudgeScore] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            known[rec["k"]] = JudgeScore(rec["trait"], rec["coherence"], rec.get("note", ""))
+    store = KeyedJsonlStore(
+        cache_dir / "judge" / f"{digest(judge.identity, trait.name, trait.rubric.text())}.jsonl"
+    )
+    known = {
+        k: JudgeScore(r["trait"], r["coherence"], r.get("note", ""))
+        for k, r in store.records.items()
+    }
     keys = [digest(q, a, n=24) for q, a in pairs]
     todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
     if todo:
         fresh = judge.score(trait, [pairs[i] for i in todo])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            for i, s in zip(todo, fresh, strict=True):
-                known[keys[i]] = s
-                if s.trait is None and s.coherence is None:
-                    continue  # nothing scored (endpoint down, garbage): retry next time
-                f.write(
-                    json.dumps(
-                        {"k": keys[i], "trait": s.trait, "coherence": s.coherence, "note": s.note}
-                    )
-                    + "\n"
-                )
+        for i, s in zip(todo, fresh, strict=True):
+            known[keys[i]] = s
+        store.add(
+            {"k": keys[i], "trait": s.trait, "coherence": s.coherence, "note": s.note}
+            for i, s in zip(todo, fresh, strict=True)
+            if not (s.trait is None and s.coherence is None)  # nothing scored: retry next time
+        )
     return [known[k] for k in keys]

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from steerlab.cache import digest
+from steerlab.generation import left_pad, prompt_ids
 from steerlab.judges.llm import LLMJudge, Prompts, Reading, low_mass_note
 from steerlab.judges.logprobs import expected_score
+from steerlab.models import load_model
 
 if TYPE_CHECKING:
     from steerlab.models import LoadedModel
@@ -36,8 +38,6 @@ class HFJudge(LLMJudge):
     ) -> None:
         super().__init__(prompts, min_mass, max_tokens)
         if isinstance(model, str):
-            from steerlab.models import load_model
-
             model = load_model(model, dtype=dtype, device=device)
         self.lm = model
         self.batch_size = max(1, int(batch_size))
@@ -54,9 +54,7 @@ class HFJudge(LLMJudge):
             self._pieces[token_id] = self.lm.tokenizer.decode([token_id])
         return self._pieces[token_id]
 
-    def _read(self, texts: Sequence[str]) -> list[Reading]:
-        from steerlab.generation import prompt_ids
-
+    def read(self, texts: Sequence[str]) -> list[Reading]:
         ids = [prompt_ids(self.lm, t) for t in texts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # less padding per batch
         out: list[Reading | None] = [None] * len(ids)
@@ -68,8 +66,6 @@ class HFJudge(LLMJudge):
 
     def _read_batch(self, seqs: Sequence[Sequence[int]]) -> list[Reading]:
         import torch
-
-        from steerlab.generation import left_pad
 
         tok = self.lm.tokenizer
         ids, mask = left_pad(seqs, tok.pad_token_id)

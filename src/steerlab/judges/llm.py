@@ -1,4 +1,4 @@
-"""What the LLM judges share: prompt templates, the trait/coherence/relevance flow, the factory.
+"""What the LLM judges share: prompt templates and the trait/coherence/relevance flow.
 
 A backend only turns rendered prompts into `Reading`s (expected number + probability mass);
 everything else (empty answers, clipping, the relevance cap on coherence, notes, identity) lives
@@ -74,7 +74,7 @@ def low_mass_note(mass: float) -> str:
 
 
 class LLMJudge:
-    """Trait + coherence (grammar rubric, then relevance) from a backend's `_read` of prompts."""
+    """Trait + coherence (grammar rubric, then relevance) from a backend's `read` of prompts."""
 
     backend = "llm"
 
@@ -89,7 +89,8 @@ class LLMJudge:
         """Backend-specific identity part (endpoint + model, or model reference)."""
         raise NotImplementedError
 
-    def _read(self, texts: Sequence[str]) -> list[Reading]:
+    def read(self, texts: Sequence[str]) -> list[Reading]:
+        """One `Reading` per rendered prompt, in order (the backend's next-token logprobs)."""
         raise NotImplementedError
 
     @property
@@ -111,7 +112,7 @@ class LLMJudge:
             a, clip_note = clip_answer(a)
             notes[i] += [clip_note] if clip_note else []
             todo.append((i, q, a))
-        first = self._read(
+        first = self.read(
             [
                 self.prompts.render(k, trait, q, a)
                 for _, q, a in todo
@@ -121,7 +122,7 @@ class LLMJudge:
         trait_r, coh_r = first[0::2], first[1::2]
         ask = [j for j, r in enumerate(coh_r) if r.score is not None and r.score > OFF_TOPIC_CAP]
         rel = (
-            self._read(
+            self.read(
                 [self.prompts.render("relevance", trait, todo[j][1], todo[j][2]) for j in ask]
             )
             if ask
@@ -146,45 +147,3 @@ def _combine(t: Reading, c: Reading, r: Reading | None, notes: list[str]) -> Jud
             coherence = min(coherence, OFF_TOPIC_CAP)
             notes.append(f"off-topic: relevance {r.score:.0f}, coherence capped")
     return JudgeScore(t.score, coherence, "; ".join(notes))
-
-
-_COMMON = {"model", "min_mass", "max_tokens"}
-_KEYS = {
-    "openai": _COMMON
-    | {
-        "base_url",
-        "api_key_env",
-        "concurrency",
-        "max_retries",
-        "backoff",
-        "timeout",
-        "top_logprobs",
-    },
-    "hf": _COMMON | {"batch_size", "dtype", "device", "top_logprobs"},
-}
-_ALL = {"backend", "prompts", "options", "name"} | _KEYS["openai"] | _KEYS["hf"]
-
-
-def make_llm_judge(cfg: Mapping) -> LLMJudge:
-    """Build the `openai` or `hf` judge from a `judge` config mapping (e.g. conf/judge/*.yaml).
-
-    Keys meant for the other backend are ignored (a typed schema carries all of them);
-    `options` holds backend extras (e.g. dtype, device, top_logprobs); unknown keys raise.
-    """
-    cfg = dict(cfg)
-    backend = cfg.get("backend")
-    if backend not in _KEYS:
-        raise ValueError(f"judge.backend must be one of {sorted(_KEYS)} here, got {backend!r}")
-    merged = {k: v for k, v in cfg.items() if k != "options"} | dict(cfg.get("options") or {})
-    unknown = sorted(set(merged) - _ALL)
-    if unknown:
-        raise ValueError(f"unknown judge key(s) {unknown}; valid: {sorted(_ALL)}")
-    prompts = Prompts.from_mapping(merged.get("prompts"))
-    kwargs = {k: v for k, v in merged.items() if k in _KEYS[backend] and v not in (None, "")}
-    if backend == "openai":
-        from steerlab.judges.openai import OpenAIJudge
-
-        return OpenAIJudge(prompts=prompts, **kwargs)
-    from steerlab.judges.hf import HFJudge
-
-    return HFJudge(prompts=prompts, **kwargs)

@@ -77,7 +77,7 @@ class OpenAIJudge(LLMJudge):
         key = self._key()
         return text.replace(key, "***") if key else text
 
-    def _read(self, texts: Sequence[str]) -> list[Reading]:
+    def read(self, texts: Sequence[str]) -> list[Reading]:
         if not texts:
             return []
         try:

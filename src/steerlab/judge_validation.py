@@ -1,4 +1,4 @@
-"""Validate a judge against human labels: `python -m steerlab.judges.validate judge=offline`.
+"""Validate a judge against human labels: `python -m steerlab.judge_validation judge=offline`.
 
 Reads `data` (a JSONL file or a folder of *.jsonl; rows `{trait, question, answer, trait_score,
 coherence}`, `trait` naming a configured trait, conf/trait/<name>.yaml), scores every row with
@@ -20,9 +20,18 @@ import hydra
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from steerlab.data import LABELLED_KEYS, PROJECT_ROOT, TraitDataError, read_jsonl
+from steerlab import tracking
+from steerlab.config import ModelConfig, register
+from steerlab.data import LABELLED_KEYS, PROJECT_ROOT, TraitDataError, load_trait, read_jsonl
+from steerlab.judges.base import cached_scores
+from steerlab.judges.factory import make_judge
+from steerlab.judges.metrics import spearman
+from steerlab.markdown import cell
+from steerlab.markdown import table as md_table
+from steerlab.models import load_model
 
 CONF_DIR = PROJECT_ROOT / "conf"
+register()  # the judge yaml files pull their schemas from the ConfigStore
 KEYS = ("trait", *LABELLED_KEYS)
 
 
@@ -87,15 +96,10 @@ def read_rows(data: str | Path, traits: dict[str, str]) -> list[Row]:
     return rows
 
 
-def spearman(pred: list[float | None], gold: list[float]) -> tuple[float, int]:
+def scored_spearman(pred: list[float | None], gold: list[float]) -> tuple[float, int]:
     """Spearman's rho over the rows the judge scored, and how many it scored."""
-    from scipy.stats import spearmanr
-
     pairs = [(p, g) for p, g in zip(pred, gold, strict=True) if p is not None]
-    if len(pairs) < 3:
-        return math.nan, len(pairs)
-    rho = spearmanr([p for p, _ in pairs], [g for _, g in pairs]).statistic
-    return float(rho), len(pairs)
+    return spearman([p for p, _ in pairs], [g for _, g in pairs]), len(pairs)
 
 
 def mae(pred: list[float | None], gold: list[float]) -> float:
@@ -104,12 +108,9 @@ def mae(pred: list[float | None], gold: list[float]) -> float:
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
-    cols = list(table[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in table:
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """The validation table in Markdown, floats to 4 decimals."""
+    rows = [[f"{v:.4f}" if isinstance(v, float) else cell(v) for v in r.values()] for r in table]
+    return "\n".join(md_table(list(table[0]), rows))
 
 
 def typed(node: DictConfig, schema: type) -> DictConfig:
@@ -118,15 +119,7 @@ def typed(node: DictConfig, schema: type) -> DictConfig:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    from steerlab import tracking
-    from steerlab.config import JudgeConfig, ModelConfig, register
-    from steerlab.data import load_trait
-    from steerlab.judges.base import cached_scores
-    from steerlab.judges.factory import make_judge
-    from steerlab.models import load_model
-
-    register()
-    judge_cfg, model_cfg = typed(cfg.judge, JudgeConfig), typed(cfg.model, ModelConfig)
+    judge_cfg, model_cfg = cfg.judge, typed(cfg.model, ModelConfig)  # judge: typed by its yaml
     root, cache = Path(cfg.paths.root), Path(cfg.paths.cache)
     traits = configured_traits()
     rows = read_rows(cfg.data, traits)
@@ -152,8 +145,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     table = []
     for name in names:
         rs = scored[name]
-        t_rho, t_n = spearman([s.trait for _, s in rs], [r.trait_score for r, _ in rs])
-        c_rho, c_n = spearman([s.coherence for _, s in rs], [r.coherence for r, _ in rs])
+        t_rho, t_n = scored_spearman([s.trait for _, s in rs], [r.trait_score for r, _ in rs])
+        c_rho, c_n = scored_spearman([s.coherence for _, s in rs], [r.coherence for r, _ in rs])
         table.append(
             {
                 "trait": name,
