@@ -30,7 +30,7 @@ def _open(cfg, sweep_dir):
 def test_settings_name_what_changed_and_ignore_speed_and_search_size(tmp_path):
     cfg = _cfg("trait=evil", "search.n_trials=4")
     _open(cfg, tmp_path)
-    faster = _cfg("trait=evil", "search.n_trials=40", "search.batch_size=16", "judge.batch_size=3")
+    faster = _cfg("trait=evil", "search.n_trials=40", "search.batch_size=16", "steering.batch_size=3")
     st.check_settings(tmp_path, st.study_settings(faster))  # same study: allowed
     other = _cfg("trait=evil", "steering.max_new_tokens=12")
     with pytest.raises(ValueError, match=r"steering.max_new_tokens: 40 -> 12"):
@@ -64,3 +64,15 @@ def test_records_carry_the_steering_each_trial_evaluated(tmp_path):
     assert (rec.number, rec.layer, rec.coef) == (0, t.params["layer"], t.params["coef"])
     assert (rec.trait, rec.coherence, rec.delta, rec.valid) == (71.5, 69.9, 3.0, False)
     assert optuna.load_study(study_name="steerlab", storage=st.storage_url(tmp_path)).trials
+
+
+def test_settings_of_earlier_versions_compare_under_their_new_names(tmp_path):
+    import json
+
+    now = st.study_settings(_cfg("trait=evil"))
+    old = {("search.coef" if k == "search.coef_range" else k): v for k, v in now.items()}
+    (tmp_path / st.SETTINGS).write_text(json.dumps(old | {"judge.model": ""}))
+    st.check_settings(tmp_path, now)  # renamed key and a key that no longer exists: same study
+    (tmp_path / st.SETTINGS).write_text(json.dumps(old | {"search.coef": "[0.1, 0.2]"}))
+    with pytest.raises(ValueError, match=r"search.coef_range: \[0.1, 0.2\] -> \[0.05, 0.6\]"):
+        st.check_settings(tmp_path, now)

@@ -30,6 +30,9 @@ INTERRUPTED = "interrupted"  # study user attr: numbers of trials a kill left un
 ENQUEUED = "enqueued"  # study user attr: search.enqueue was added once
 PARENT_RUN = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow parent run
 SPEED = ("batch_size", "concurrency", "max_retries", "backoff", "timeout")
+# settings saved by earlier versions under other names; keys they saved that no longer exist
+# (e.g. the offline judge's unused `judge.model`) cannot differ now and are not compared
+RENAMED = {"search.coef": "search.coef_range", "search.layers": "search.layer_range"}
 
 
 def study_settings(cfg: DictConfig) -> dict[str, str]:
@@ -58,7 +61,8 @@ def check_settings(sweep_dir: Path, now: dict[str, str]) -> None:
     path = sweep_dir / SETTINGS
     if not path.is_file():
         return
-    then = json.loads(path.read_text())
+    then = {RENAMED.get(k, k): v for k, v in json.loads(path.read_text()).items()}
+    then = {k: v for k, v in then.items() if k in now}
     diff = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
     if diff:
         shown = ", ".join(f"{k}: {then.get(k)} -> {now.get(k)}" for k in diff[:4])
