@@ -30,7 +30,8 @@ def _open(cfg, sweep_dir):
 def test_settings_name_what_changed_and_ignore_speed_and_search_size(tmp_path):
     cfg = _cfg("trait=evil", "search.n_trials=4")
     _open(cfg, tmp_path)
-    faster = _cfg("trait=evil", "search.n_trials=40", "search.batch_size=16", "steering.batch_size=3")
+    speed = ("search.n_trials=40", "search.batch_size=16", "steering.batch_size=3")
+    faster = _cfg("trait=evil", *speed)
     st.check_settings(tmp_path, st.study_settings(faster))  # same study: allowed
     other = _cfg("trait=evil", "steering.max_new_tokens=12")
     with pytest.raises(ValueError, match=r"steering.max_new_tokens: 40 -> 12"):
