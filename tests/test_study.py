@@ -24,7 +24,9 @@ def _cfg(*overrides: str):
 
 
 def _open(cfg, sweep_dir):
-    return st.open_study(cfg, sweep_dir, make_sampler("tpe", 0, {}), multi=False)
+    handle = st.open_study(cfg, sweep_dir, ["maximize"])
+    handle.study.sampler = make_sampler("tpe", st.sampler_seed(0, handle.study), {})
+    return handle.study
 
 
 def test_settings_name_what_changed_and_ignore_speed_and_search_size(tmp_path):
@@ -38,21 +40,43 @@ def test_settings_name_what_changed_and_ignore_speed_and_search_size(tmp_path):
         st.check_settings(tmp_path, st.study_settings(other))
 
 
-def test_resume_closes_interrupted_trials_without_counting_them(tmp_path):
+def test_dead_workers_trials_are_closed_and_retried_live_ones_untouched(tmp_path):
+    import subprocess
+    import sys
+
     cfg = _cfg("trait=evil", "search.enqueue=[{layer:3,coef:0.2}]")
     study = _open(cfg, tmp_path)
     strategy = Strategy(cfg.search, list(range(2, 6)))
-    done, killed, broken = strategy.propose(study, 3)
+    done, killed, broken, live = strategy.propose(study, 4)
     assert (done.params["layer"], done.params["coef"]) == (3, 0.2)  # enqueued first
     strategy.tell(study, done, {"trait": 40.0, "coherence": 80.0, "delta": 5.0}, 70.0)
     st.fail(study, broken, "ValueError('bad config')")
-    # `killed` is still RUNNING, as after a kill -9: the next open closes it as interrupted
-    again = _open(cfg, tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    host = st.worker_id().rpartition(":")[0]
+    killed.set_user_attr(st.WORKER, f"{host}:{dead}")  # as after a kill -9 of that worker
+    live.set_user_attr(st.WORKER, st.worker_id())  # this process: alive
+    again = _open(cfg, tmp_path)  # a resume or another worker
+    assert st.close_dead(again) == [killed.number]
     states = {t.number: t.state for t in again.get_trials(deepcopy=False)}
-    assert states[killed.number] == TrialState.FAIL
+    assert states[killed.number] == TrialState.FAIL and states[live.number] == TrialState.RUNNING
     assert st.counted(again) == 2  # the completed one and the one that failed by itself
     assert st.n_failed(again) == (1, 1)
-    assert len(again.get_trials(deepcopy=False, states=(TrialState.WAITING,))) == 0  # once
+    [retry] = again.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert retry.params == killed.params  # re-tried: no budget lost
+    assert len(cfg.search.enqueue) == 1 and st.in_flight(again) == 1  # enqueued only once
+
+
+def test_surplus_trials_beyond_the_budget_are_given_back(tmp_path):
+    cfg = _cfg("trait=evil")
+    study = _open(cfg, tmp_path)
+    strategy = Strategy(cfg.search, [1, 2])
+    first = strategy.propose(study, 2)  # another worker's batch, in flight
+    mine = strategy.propose(study, 2)
+    kept = st.release_surplus(study, mine, total=3)
+    assert [t.number for t in kept] == [mine[0].number]  # lowest numbers fit the budget
+    assert study.get_trials(deepcopy=False)[mine[1].number].state == TrialState.PRUNED
+    assert st.counted(study) == 0 and st.in_flight(study) == 3 and len(first) == 2
 
 
 def test_records_carry_the_steering_each_trial_evaluated(tmp_path):
@@ -64,7 +88,8 @@ def test_records_carry_the_steering_each_trial_evaluated(tmp_path):
     [rec] = st.records(study, strategy, steering_of(cfg), 70.0)
     assert (rec.number, rec.layer, rec.coef) == (0, t.params["layer"], t.params["coef"])
     assert (rec.trait, rec.coherence, rec.delta, rec.valid) == (71.5, 69.9, 3.0, False)
-    assert optuna.load_study(study_name="steerlab", storage=st.storage_url(tmp_path)).trials
+    url = st.storage_url(cfg, tmp_path)
+    assert optuna.load_study(study_name=st.study_name(cfg, tmp_path), storage=url).trials
 
 
 def test_settings_of_earlier_versions_compare_under_their_new_names(tmp_path):

@@ -63,9 +63,9 @@ class Best:
     params: dict[str, str]  # the source sweep's params (for the MUST_MATCH check)
 
 
-def find_best(root: Path, experiment: str, model: str, trait: str) -> dict[str, Best]:
+def find_best(store: tracking.Store, experiment: str, model: str, trait: str) -> dict[str, Best]:
     """Best residual trial per source ('instruction', 'natural') of one model x trait."""
-    client = tracking.client(root)
+    client = tracking.client(store)
     keys = [
         k
         for k in tracking.read_keys(client, experiment)
@@ -173,13 +173,14 @@ def place(cfg: DictConfig) -> None:
     """Place `cfg.combine.strategy` on `cfg`, from the best vectors in `cfg.combine.experiment`."""
     c = cfg.combine
     root = root_of(cfg)
-    found = find_best(root, c.experiment, cfg.model.name, cfg.trait.name)
+    found = find_best(tracking.store_of(cfg), c.experiment, cfg.model.name, cfg.trait.name)
     missing = [s for s in ("instruction", "natural") if s not in found]
     if missing:
         raise CombineError(
             f"combine.strategy={c.strategy} needs a valid best {' and '.join(missing)} vector of "
             f"model {cfg.model.name!r} trait {cfg.trait.name!r} in MLflow experiment "
-            f"{c.experiment!r} ({root / 'mlruns'}); run `python -m steerlab -m "
+            f"{c.experiment!r} ({tracking.tracking_uri(tracking.store_of(cfg))}); run "
+            f"`python -m steerlab -m "
             f"experiment={c.experiment} trait={cfg.trait.name} paths.root={root}` first"
         )
     here = tracking.flatten(tracking.run_params(cfg))  # as the source studies logged theirs

@@ -91,6 +91,11 @@ class SearchConfig:
     coherence_min: float = 70.0
     multi_objective: bool = False
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # known-good {layer, coef}
+    # where studies live: sqlite (a file per study), journal (one file, several processes on
+    # one host) or a database URL such as postgresql+psycopg://user:pw@host:5432/db (many hosts)
+    storage: str = "sqlite"
+    heartbeat_interval: int = 10  # seconds between a worker's heartbeats (database storages)
+    grace_period: int = 60  # a trial without a heartbeat this long belonged to a dead worker
     options: dict[str, Any] = field(default_factory=dict)  # sampler-specific settings
 
 
@@ -108,6 +113,7 @@ class CombineConfig:
 class TrackingConfig:
     enabled: bool = True
     experiment: str | None = None  # default: "<model>/<trait>"
+    uri: str | None = None  # an MLflow tracking server (http://host:5000); None: under paths.root
 
 
 @dataclass

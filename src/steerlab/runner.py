@@ -294,8 +294,9 @@ def record(
     job_dir: Path,
     number: int | None = None,
     parent_run_id: str | None = None,
-) -> dict[str, float]:
-    """Write a trial's folder (config, answers, metrics) and its MLflow run; its metrics."""
+) -> tuple[dict[str, float], str | None]:
+    """Write a trial's folder (config, answers, metrics) and its MLflow run; its metrics, and
+    why it could not be logged to MLflow (None when it was)."""
     metrics = metrics_of(result, setup)
     trial_cfg = OmegaConf.merge(plain(cfg), {"steering": OmegaConf.structured(steer)})
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -304,21 +305,39 @@ def record(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows)
     )
     (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    if cfg.tracking.enabled:
-        name = f"trial-{number}" if number is not None else where(steer)
-        tags = {"steerlab.kind": "trial", "steerlab.vector": str(setup.vector_path)}
-        if number is not None:
-            tags["steerlab.trial"] = str(number)
-        params = tracking.run_params(trial_cfg)
-        with tracking.run(
-            root_of(cfg), tracking.experiment_name(cfg), name, params, parent_run_id, tags
-        ) as mlflow:
-            mlflow.log_metrics(metrics)
-            cols = ("question", "answer", "trait", "coherence", "note")
-            mlflow.log_table({k: [r[k] for r in result.rows] for k in cols}, "responses.json")
-            mlflow.log_dict(setup.vector_meta(), "vector.json")
-            mlflow.log_artifacts(str(job_dir), "job")
-    return metrics
+    if not cfg.tracking.enabled:
+        return metrics, None
+    try:
+        _log_trial(cfg, setup, trial_cfg, result, metrics, job_dir, number, parent_run_id)
+    except Exception as e:  # noqa: BLE001 - the trial stands (files, study); say so
+        log.warning("trial %s was not logged to MLflow (%s); its files: %s", number, e, job_dir)
+        return metrics, f"{type(e).__name__}: {e}"[:500]
+    return metrics, None
+
+
+def _log_trial(
+    cfg: DictConfig,
+    setup: Setup,
+    trial_cfg: DictConfig,
+    result: Result,
+    metrics: dict[str, float],
+    job_dir: Path,
+    number: int | None,
+    parent_run_id: str | None,
+) -> None:
+    steer = OmegaConf.to_object(trial_cfg.steering)
+    name = f"trial-{number}" if number is not None else where(steer)  # type: ignore[arg-type]
+    tags = {"steerlab.kind": "trial", "steerlab.vector": str(setup.vector_path)}
+    if number is not None:
+        tags["steerlab.trial"] = str(number)
+    params = tracking.run_params(trial_cfg)
+    store, exp = tracking.store_of(cfg), tracking.experiment_name(cfg)
+    with tracking.run(store, exp, name, params, parent_run_id, tags) as mlflow:
+        mlflow.log_metrics(metrics)
+        cols = ("question", "answer", "trait", "coherence", "note")
+        mlflow.log_table({k: [r[k] for r in result.rows] for k in cols}, "responses.json")
+        mlflow.log_dict(setup.vector_meta(), "vector.json")
+        mlflow.log_artifacts(str(job_dir), "job")
 
 
 def where(s: SteeringConfig) -> str:
@@ -347,7 +366,7 @@ def run_single(cfg: DictConfig, job_dir: Path) -> dict[str, float]:
     setup = runner.setup(cfg)
     steer = steering_of(cfg)
     [result] = runner.evaluate(setup, [steer], root_of(cfg))
-    metrics = record(cfg, setup, steer, result, job_dir)
+    metrics, not_logged = record(cfg, setup, steer, result, job_dir)
     v = tracking.run_params(cfg)["resolved"]  # a given vector file describes itself
     print(
         f"\n{cfg.trait.name} @ {where(steer)} [{v['source']} {v['position']} {v['method']} "
@@ -356,6 +375,7 @@ def run_single(cfg: DictConfig, job_dir: Path) -> dict[str, float]:
         f"{metrics['delta']:+.1f})  coherence {metrics['coherence']:.1f}  "
         f"valid={bool(metrics['valid'])} (coherence >= {cfg.search.coherence_min:g})\n"
         f"  answers: {job_dir / 'responses.jsonl'}\n"
-        f"  MLflow:  make ui   (store {root_of(cfg) / 'mlruns'})"
+        f"  MLflow:  make ui   (store {tracking.tracking_uri(tracking.store_of(cfg))})"
+        + (f"\n  NOT logged to MLflow: {not_logged}" if not_logged else "")
     )
     return metrics

@@ -1,7 +1,9 @@
-"""MLflow tracking under `<paths.root>/mlruns/`: a sqlite store plus an artifact folder, and
-the results records (`steerlab.records`) written to and read back from it.
+"""MLflow tracking, and the results records (`steerlab.records`) written to and read back from it.
 
-mlflow is imported lazily (it costs seconds) and its per-run link printing is silenced.
+A store is a folder (`paths.root`: a sqlite database and an artifact folder under `mlruns/`) or
+the URL of an MLflow tracking server (`tracking.uri=http://host:5000`, for many workers and
+hosts; transient HTTP errors are retried by MLflow's client). mlflow is imported lazily (it
+costs seconds) and its per-run link printing is silenced.
 """
 
 from __future__ import annotations
@@ -17,37 +19,54 @@ from typing import Any
 from omegaconf import DictConfig
 
 from steerlab import records
-from steerlab.config import plain, position_of
+from steerlab.config import plain, position_of, root_of
 from steerlab.records import Key, Sweep, Trial
+
+Store = Path | str  # a root folder (local sqlite store) or a tracking server's URL
 
 
 def _quiet() -> None:
-    """No per-run link lines or artifact progress bars (set before mlflow is imported)."""
+    """No per-run link lines or artifact progress bars (set before mlflow is imported); a
+    server that does not answer is retried a few times, not for minutes."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
 
 
-def tracking_uri(root: Path) -> str:
-    return f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
+def store_of(cfg: DictConfig) -> Store:
+    """Where this run's results go: `tracking.uri`, else the sqlite store under paths.root."""
+    return str(cfg.tracking.uri) if cfg.tracking.uri else root_of(cfg)
 
 
-def client(root: Path) -> Any:
-    """An MlflowClient on this root's store (creating the folder)."""
+def tracking_uri(store: Store) -> str:
+    if isinstance(store, Path):
+        return f"sqlite:///{(store / 'mlruns' / 'mlflow.db').resolve()}"
+    return store
+
+
+def client(store: Store) -> Any:
+    """An MlflowClient on this store (creating a local store's folder)."""
     _quiet()
     import mlflow
 
-    (root / "mlruns").mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(root))
-    return mlflow.MlflowClient(tracking_uri(root))
+    if isinstance(store, Path):
+        (store / "mlruns").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri(store))
+    return mlflow.MlflowClient(tracking_uri(store))
 
 
-def experiment_id(root: Path, name: str) -> str:
-    """Get or create an experiment whose artifacts live under `<root>/mlruns/artifacts`."""
-    c = client(root)
+def experiment_id(store: Store, name: str) -> str:
+    """Get or create an experiment; a local store keeps its artifacts in `mlruns/artifacts`
+    (a server decides where its artifacts go)."""
+    c = client(store)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = (root / "mlruns" / "artifacts").resolve().as_uri()
+    location = (
+        (store / "mlruns" / "artifacts").resolve().as_uri() if isinstance(store, Path) else None
+    )
     try:
         return c.create_experiment(name, artifact_location=location)
     except Exception:  # noqa: BLE001 - created concurrently by another process
@@ -93,7 +112,7 @@ def run_params(cfg: DictConfig) -> dict[str, Any]:
 
 @contextmanager
 def run(
-    root: Path,
+    store: Store,
     experiment: str,
     name: str,
     params: Mapping[str, Any] | None = None,
@@ -102,14 +121,14 @@ def run(
     run_id: str | None = None,
 ) -> Iterator[Any]:
     """Start (or resume, with `run_id`) an MLflow run; yields the `mlflow` module."""
-    client(root)
+    client(store)
     import mlflow
 
     kwargs: dict[str, Any] = (
         {"run_id": run_id}
         if run_id
         else {
-            "experiment_id": experiment_id(root, experiment),
+            "experiment_id": experiment_id(store, experiment),
             "run_name": name,
             "parent_run_id": parent_run_id,
             "tags": dict(tags or {}),
@@ -295,3 +314,20 @@ def vector_path(client: Any, trial: Trial, sweep: Sweep) -> str | None:
         return trial.vector
     meta = read_artifact(client, sweep.run_id, sweep.artifact_uri, "vector.json")
     return meta.get("path") if isinstance(meta, dict) else None
+
+
+def close_orphans(store: Store, parent_run_id: str, running: set[int]) -> int:
+    """Close the child runs a killed worker left RUNNING (their trial is no longer in flight)
+    as KILLED; returns how many."""
+    c = client(store)
+    parent = c.get_run(parent_run_id)
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    closed = 0
+    for r in c.search_runs([parent.info.experiment_id], query, max_results=1000):
+        number = records.as_int(r.data.tags.get(records.TRIAL_TAG))
+        if number is not None and number in running:
+            continue
+        c.set_tag(r.info.run_id, "steerlab.interrupted", "true")
+        c.set_terminated(r.info.run_id, "KILLED")
+        closed += 1
+    return closed

@@ -7,6 +7,7 @@ runs a study (this module only adapts it to Hydra, which loads it as a plugin).
 """
 
 import itertools
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,7 @@ class SteerlabSweeper(Sweeper):
         for s in summaries:
             print(s.text)
         errors = [s.error for s in summaries if s.error]
-        if errors and len(errors) == len(summaries):
-            raise errors[0]  # nothing ran: fail with the reason
+        if errors and len(errors) == len(summaries):  # nothing ran: one line, exit 2
+            print(f"steerlab: error: {errors[0]}", file=sys.stderr)
+            sys.exit(2)
         return summaries

@@ -43,6 +43,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=Path("docs/report"),
         help="output folder for report.md and figures (default docs/report)",
     )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="an MLflow tracking server's URL (e.g. http://127.0.0.1:5000) instead of --root",
+    )
     p.add_argument("--no-log", action="store_true", help="do not log the report as an MLflow run")
     return p.parse_args(argv)
 
@@ -50,7 +55,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     root = args.root.expanduser().resolve()
-    if not (root / "mlruns" / "mlflow.db").is_file():
+    store = args.tracking_uri or root
+    if store is root and not (root / "mlruns" / "mlflow.db").is_file():
         print(f"no MLflow store at {root / 'mlruns' / 'mlflow.db'}", file=sys.stderr)
         return 2
     if not args.experiment.replace(",", "").strip():
@@ -60,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for stale in FIGURES:
         (out / stale).unlink(missing_ok=True)
-    report = build(root, args.experiment, args.experiments.split(","))
+    report = build(store, args.experiment, args.experiments.split(","))
     report.figures = draw(report, out)
     path = out / "report.md"
     experiment = args.experiment.split(",")[0].strip()
@@ -71,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from steerlab import tracking
 
-    with tracking.run(root, experiment, "report", tags={KIND: "report"}) as mlflow:
+    with tracking.run(store, experiment, "report", tags={KIND: "report"}) as mlflow:
         report.run_id = mlflow.active_run().info.run_id
         path.write_text(render(report))
         mlflow.log_params(

@@ -167,9 +167,9 @@ def gather(client: Any, keys: list[Key]) -> Extras:
     return out
 
 
-def build(root: Path, experiment: str, extra_experiments: Sequence[str]) -> Report:
+def build(store: tracking.Store, experiment: str, extra_experiments: Sequence[str]) -> Report:
     """Read the store into a Report (no figures, no report run yet)."""
-    client = tracking.client(root)
+    client = tracking.client(store)
     names = [n.strip() for n in experiment.split(",") if n.strip()]
     extra_names = [n for n in (e.strip() for e in extra_experiments) if n and n not in names]
     found: dict[str, list[Sweep] | None] = {
@@ -182,7 +182,7 @@ def build(root: Path, experiment: str, extra_experiments: Sequence[str]) -> Repo
     extra = [s for s in main_sweeps if s.is_comparison]
     extra += [s for n in extra_names for s in found[n] or []]
     return Report(
-        uri=tracking.tracking_uri(root),
+        uri=tracking.tracking_uri(store),
         experiment=", ".join(names),
         experiments=[(n, None if found[n] is None else len(found[n] or [])) for n in found],
         keys=keys,

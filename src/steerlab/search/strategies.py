@@ -27,7 +27,7 @@ def make_sampler(name: str, seed: int, space: dict[str, Any]) -> optuna.samplers
     """TPE, GP and NSGA-II read each trial's `set_constraint("coherence", min - coherence)`."""
     s = optuna.samplers
     if name == "tpe":
-        return s.TPESampler(seed=seed)
+        return s.TPESampler(seed=seed, constant_liar=True)  # workers in flight: no repeats
     if name == "gp":
         return s.GPSampler(seed=seed)
     if name == "nsga2":
@@ -117,6 +117,11 @@ def _done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
 
 
+def _taken(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials in flight or queued (by any worker): not to be proposed again."""
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+
+
 class Adaptive(Strategy):
     """Per layer: start at start x base; x up when coherence held, else x down; momentum; N steps.
 
@@ -125,9 +130,7 @@ class Adaptive(Strategy):
 
     def _state(self, study: optuna.Study) -> dict[int, tuple[float, float, int]]:
         o = self.search.options
-        base = math.sqrt(
-            self.search.coef_range[0] * self.search.coef_range[1]
-        )  # geometric middle of range
+        base = middle(self.search)
         state = {la: (float(o.get("start", 0.7)) * base, 0.0, 0) for la in self.layers}
         for t in sorted(_done(study), key=lambda t: t.number):
             la = t.params["layer"]
@@ -144,7 +147,8 @@ class Adaptive(Strategy):
         steps = int(self.search.options.get("steps", 5))
         lo, hi = self.search.coef_range
         state = self._state(study)
-        todo = [la for la in self.layers if state[la][2] < steps][:n]
+        busy = {t.params.get("layer") for t in _taken(study)}
+        todo = [la for la in self.layers if state[la][2] < steps and la not in busy][:n]
         for la in todo:
             study.enqueue_trial({"layer": la, "coef": min(max(state[la][0], lo), hi)})
         return [study.ask(self.dists) for _ in todo]
@@ -163,9 +167,7 @@ class CmaEnsemble(Strategy):
         if not ens_layers:
             raise ValueError("search=cmaes_ensemble needs steering.layers=[...] (two or more)")
         self.ens_layers = list(ens_layers)
-        self.base = float(
-            search.options.get("base", math.sqrt(search.coef_range[0] * search.coef_range[1]))
-        )
+        self.base = float(search.options.get("base", middle(search)))
         upper = float(search.options.get("upper", 4.0)) * self.base
         self.dists = {f"w{la}": FloatDistribution(0.0, upper) for la in self.ens_layers}
         self.penalised = True
@@ -204,7 +206,7 @@ class CmaEnsemble(Strategy):
         xs = es.ask()
         have = {
             t.user_attrs.get("member")
-            for t in _done(study)
+            for t in [*_done(study), *_taken(study)]
             if t.user_attrs.get("generation") == self.generation
         }
         out = []

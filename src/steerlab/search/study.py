@@ -1,38 +1,61 @@
-"""One Optuna study per sweep key: opened (created or resumed), told, and read back as records.
+"""One Optuna study per sweep key: where it is stored, opened by one worker or many, and read back.
 
-A study lives in `<sweep dir>/optuna.db`; `settings.json` beside it holds what its scores depend
-on, so resuming under other settings is refused instead of mixing incomparable trials. Only
-Optuna's public API is used: trials interrupted by a kill are closed as FAIL and their numbers
-kept in the study's user attribute `interrupted`, so they do not count toward `search.n_trials`.
+`search.storage` says where studies live: `sqlite` (default: `<sweep dir>/optuna.db`, zero set-up),
+`journal` (one `<paths.root>/multirun/optuna.journal` file for several processes on one host) or
+any SQLAlchemy URL such as `postgresql+psycopg://user:pw@host/db` (many hosts). One database
+holds many studies, each named after its sweep key. The settings a study's scores depend on are
+stored in the study itself, so a worker started with others is refused, naming the difference.
+
+Workers cooperate through Optuna alone (public API only): the worker whose `create_study` wins
+places the study (settings, first tries, MLflow parent run); a worker's trials carry its host and
+pid, and on RDB storages Optuna heartbeats. A trial whose worker died (its pid is gone on this
+host, or its heartbeat is older than `search.grace_period` anywhere) is closed as FAIL and its
+parameters are re-tried, so no budget is lost and a live worker's trials are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from steerlab.config import SteeringConfig, position_of
+from steerlab.config import SteeringConfig, position_of, root_of
 from steerlab.records import Trial
-from steerlab.runner import weights
+from steerlab.runner import ConfigError, weights
 from steerlab.tracking import flatten
 
 if TYPE_CHECKING:
     from steerlab.search.strategies import Strategy
 
-SETTINGS = "settings.json"  # what a study's trials were evaluated under
-INTERRUPTED = "interrupted"  # study user attr: numbers of trials a kill left unfinished
-ENQUEUED = "enqueued"  # study user attr: search.enqueue was added once
+SETTINGS = "settings.json"  # a readable copy of the settings, beside the study's trial folders
+SETTINGS_ATTR = "settings"  # study user attr: what the study's scores depend on
 PARENT_RUN = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow parent run
+READY = "ready"  # study user attr: placed (settings, first tries, parent run) by its creator
+WORKER = "worker"  # trial user attr: "<host>:<pid>" of the process evaluating it
+ERROR = "error"  # trial user attr: why a trial failed by itself (it counts toward n_trials)
+LEGACY_NAME = "steerlab"  # the study name sqlite files of earlier versions hold
 SPEED = ("batch_size", "concurrency", "max_retries", "backoff", "timeout")
+NOT_SETTINGS = ("n_trials", "enqueue", "options", "storage", "heartbeat_interval", "grace_period")
 # settings saved by earlier versions under other names; keys they saved that no longer exist
 # (e.g. the offline judge's unused `judge.model`) cannot differ now and are not compared
 RENAMED = {"search.coef": "search.coef_range", "search.layers": "search.layer_range"}
+# steerlab records heartbeats itself around its ask/tell batches (`heartbeats`)
+warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used", UserWarning)
 
 
 def study_settings(cfg: DictConfig) -> dict[str, str]:
@@ -50,83 +73,310 @@ def study_settings(cfg: DictConfig) -> dict[str, str]:
             "position": position_of(cfg),
             "steering": part("steering", ("layer", "coef", "weights", *SPEED)),
             "judge": part("judge", SPEED),
-            "search": part("search", ("n_trials", "enqueue", "options", *SPEED)),
+            "search": part("search", (*NOT_SETTINGS, *SPEED)),
             "combine": part("combine", ()),
         }
     )
 
 
-def check_settings(sweep_dir: Path, now: dict[str, str]) -> None:
-    """Refuse to resume a study under other evaluation settings: its trials would not compare."""
-    path = sweep_dir / SETTINGS
-    if not path.is_file():
-        return
-    then = {RENAMED.get(k, k): v for k, v in json.loads(path.read_text()).items()}
+def compare_settings(then: dict[str, str], now: dict[str, str], where: str, fix: str) -> None:
+    """Refuse to join a study run under other evaluation settings: trials would not compare."""
+    then = {RENAMED.get(k, k): v for k, v in then.items()}
     then = {k: v for k, v in then.items() if k in now}
     diff = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
     if diff:
         shown = ", ".join(f"{k}: {then.get(k)} -> {now.get(k)}" for k in diff[:4])
         more = f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""
-        raise ValueError(
-            f"the study in {sweep_dir} was run with other settings ({shown}{more}); run it "
-            f"with its settings ({path}), or move the folder away to start a new study"
+        raise ConfigError(
+            f"the study {where} was run with other settings ({shown}{more}); run it with its "
+            f"settings, or {fix}"
         )
 
 
-def open_study(
-    cfg: DictConfig, sweep_dir: Path, sampler: optuna.samplers.BaseSampler, multi: bool
-) -> optuna.Study:
-    """Create or resume the study of `sweep_dir`; trials a kill left RUNNING become FAIL."""
-    settings = study_settings(cfg)
-    check_settings(sweep_dir, settings)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name="steerlab",
-        storage=storage_url(sweep_dir),
-        load_if_exists=True,
-        sampler=sampler,
-        directions=["maximize", "maximize"] if multi else ["maximize"],
-    )
-    stale = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    if stale:
-        study.set_user_attr(INTERRUPTED, sorted({*study.user_attrs.get(INTERRUPTED, []), *stale}))
-        for n in stale:
-            study.tell(n, state=TrialState.FAIL)
+def check_settings(sweep_dir: Path, now: dict[str, str]) -> None:
+    """The settings.json check of a sweep folder (studies of earlier versions keep only it)."""
     path = sweep_dir / SETTINGS
-    if not path.is_file():
-        path.write_text(json.dumps(settings, indent=1))
-    if not study.user_attrs.get(ENQUEUED):
+    if path.is_file():
+        where = f"in {sweep_dir}"
+        fix = "move the folder away to start a new study"
+        compare_settings(json.loads(path.read_text()), now, where, f"{fix} ({path})")
+
+
+# ---------------------------------------------------------------------------------------------
+# storage
+
+
+def study_name(cfg: DictConfig, sweep_dir: Path) -> str:
+    """The sweep key: the sweep folder relative to `<paths.root>/multirun`."""
+    base = root_of(cfg) / "multirun"
+    try:
+        return sweep_dir.relative_to(base).as_posix()
+    except ValueError:
+        return sweep_dir.as_posix()
+
+
+def storage_url(cfg: DictConfig, sweep_dir: Path) -> str:
+    kind = cfg.search.storage or "sqlite"
+    if kind == "sqlite":
+        return f"sqlite:///{sweep_dir / 'optuna.db'}"
+    if kind == "journal":
+        return f"journal:{root_of(cfg) / 'multirun' / 'optuna.journal'}"
+    if "://" not in kind:
+        raise ConfigError(
+            f"search.storage={kind!r} is not valid; choose sqlite, journal or a database URL "
+            "such as postgresql+psycopg://user:password@host:5432/steerlab"
+        )
+    return str(kind)
+
+
+def masked(url: str) -> str:
+    """A storage URL with its password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    if url.startswith(("journal:", "sqlite:")):
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - unparsable: show nothing secret
+        return url.split("@")[-1]
+
+
+def _password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password
+    except Exception:  # noqa: BLE001 - unparsable URL: nothing to hide beyond masked()
+        return None
+
+
+def open_storage(cfg: DictConfig, url: str) -> optuna.storages.BaseStorage:
+    """The storage behind `url`, reachable, or a one-line error naming it (password masked)."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                heartbeat_interval=int(cfg.search.heartbeat_interval),
+                grace_period=int(cfg.search.grace_period),
+                heartbeat_stale_trial_callback=_retry(),
+            )
+    except Exception as e:  # noqa: BLE001 - any driver error: the URL is unusable
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        secret = _password(url)
+        reason = reason.replace(secret, "***") if secret else reason
+        raise ConfigError(f"search.storage {masked(url)} cannot be reached: {reason}") from None
+
+
+def _retry() -> RetryHeartbeatStaleTrialCallback:
+    """Optuna's callback that enqueues a stale trial's parameters again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback()
+
+
+# ---------------------------------------------------------------------------------------------
+# opening a study
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Handle:
+    """An open study with what this worker knows of it."""
+
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    name: str
+    url: str  # password masked
+    created: bool  # this process created the study (and places it)
+
+
+def open_study(cfg: DictConfig, sweep_dir: Path, directions: list[str]) -> Handle:
+    """Create the sweep's study, or join it.
+
+    The creator stores the settings and enqueues `search.enqueue` before anyone can ask; a
+    joining worker waits until the creator has placed the study, then checks its settings.
+    """
+    url = storage_url(cfg, sweep_dir)
+    storage = open_storage(cfg, url)
+    name = study_name(cfg, sweep_dir)
+    if url.startswith("sqlite:") and LEGACY_NAME in optuna.get_all_study_names(storage):
+        name = LEGACY_NAME  # a study made by an earlier version: resume it
+    settings = study_settings(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=directions)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=name)
+        created = False
+    if created:
+        study.set_user_attr(SETTINGS_ATTR, settings)
         for params in cfg.search.enqueue:
-            study.enqueue_trial(dict(params))
-        study.set_user_attr(ENQUEUED, True)
-    return study
+            study.enqueue_trial(dict(params), skip_if_exists=True)
+    else:
+        wait_for(study, SETTINGS_ATTR, timeout=float(cfg.search.grace_period))
+        then = study.user_attrs.get(SETTINGS_ATTR)
+        if then is None:  # an earlier version's study: its settings.json
+            check_settings(sweep_dir, settings)
+            study.set_user_attr(SETTINGS_ATTR, settings)
+        else:
+            where = f"{name!r} in {masked(url)}"
+            compare_settings(then, settings, where, "give this sweep another search.storage")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if not (sweep_dir / SETTINGS).is_file():
+        (sweep_dir / SETTINGS).write_text(json.dumps(settings, indent=1))
+    return Handle(study, storage, name, masked(url), created)
 
 
-def storage_url(sweep_dir: Path) -> str:
-    return f"sqlite:///{sweep_dir / 'optuna.db'}"
+def wait_for(study: optuna.Study, attr: str, timeout: float) -> Any:
+    """A study attribute its creator sets; None after `timeout` seconds without it."""
+    deadline = time.monotonic() + timeout
+    while (value := study.user_attrs.get(attr)) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return value
+
+
+def sampler_seed(seed: int, study: optuna.Study) -> int:
+    """A seed that continues where the study is: `seed` for a new study in one process, else
+    mixed with the trial count and this worker, so a resumed or second worker never replays."""
+    n = len(study.get_trials(deepcopy=False))
+    if n == 0 and os.environ.get("STEERLAB_WORKER", "0") == "0":
+        return int(seed)
+    return (int(seed) * 1_000_003 + n * 7919 + os.getpid()) % (2**31 - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# trials in flight
+
+
+def close_dead(study: optuna.Study) -> list[int]:
+    """Close RUNNING trials whose worker is gone and enqueue their parameters again.
+
+    Local workers (same host) are checked by pid at once; others by Optuna's heartbeat after
+    the grace period (RDB storages). Returns the closed trial numbers.
+    """
+    with warnings.catch_warnings():  # stable for years, still flagged experimental
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # RDB heartbeats; retries enqueued by Optuna
+    retry = _retry()
+    host = socket.gethostname()
+    closed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = str(t.user_attrs.get(WORKER, ""))
+        h, _, pid = who.rpartition(":")
+        if who and (h != host or _alive(int(pid))):
+            continue
+        if not who and t.datetime_start and time.time() - t.datetime_start.timestamp() < 60:
+            continue  # just asked by a worker that has not tagged it yet
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError):  # another worker closed it first
+            continue
+        retry(study, t)
+        closed.append(t.number)
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def heartbeats(handle: Handle, trials: Sequence[Any]) -> Iterator[None]:
+    """Record Optuna heartbeats of trials in flight (RDB storages) until the block ends, so
+    another worker can tell a live worker's trials from a dead one's."""
+    storage = handle.storage
+    if not isinstance(storage, optuna.storages.RDBStorage) or not trials:
+        yield
+        return
+    study_id = storage.get_study_id_from_name(handle.name)
+    ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            for i in ids:  # a missed beat only shortens the grace period
+                with contextlib.suppress(Exception):
+                    storage.record_heartbeat(i)
+            if stop.wait(storage.get_heartbeat_interval() or 10):
+                return
+
+    thread = threading.Thread(target=beat, name="steerlab-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def in_flight(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def counted(study: optuna.Study) -> int:
-    """Trials that use up `search.n_trials`: completed, or failed for a reason of their own."""
-    interrupted = set(study.user_attrs.get(INTERRUPTED, []))
+    """Trials that use up `search.n_trials`: completed, or failed by themselves (an `error`).
+    Trials closed because their worker died, and surplus ones given back, do not count."""
     return sum(
-        t.state == TrialState.COMPLETE
-        or (t.state == TrialState.FAIL and t.number not in interrupted)
+        t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and ERROR in t.user_attrs)
         for t in study.get_trials(deepcopy=False)
     )
 
 
 def n_failed(study: optuna.Study) -> tuple[int, int]:
-    """(failed, interrupted) trial counts."""
-    interrupted = set(study.user_attrs.get(INTERRUPTED, []))
-    failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
-    return sum(n not in interrupted for n in failed), sum(n in interrupted for n in failed)
+    """(failed by themselves, interrupted: closed because their worker died) trial counts."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    own = sum(ERROR in t.user_attrs for t in failed)
+    return own, len(failed) - own
 
 
 def fail(study: optuna.Study, trial: optuna.trial.Trial, error: str) -> None:
-    trial.set_user_attr("error", error[:2000])
+    trial.set_user_attr(ERROR, error[:2000])
     study.tell(trial, state=TrialState.FAIL)
+
+
+def release_surplus(study: optuna.Study, trials: list[Any], total: int) -> list[Any]:
+    """Keep the asked trials that fit in `total` counting every worker's; give the rest back.
+
+    Workers that asked at the same moment may together hold more than the budget: trials are
+    kept by number (the lowest first, the same order every worker sees), the surplus is told
+    PRUNED, which never counts."""
+    running = sorted(
+        t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    )
+    room = total - counted(study)
+    keep_numbers = set(running[: max(room, 0)])
+    kept = []
+    for t in trials:
+        if t.number in keep_numbers:
+            kept.append(t)
+        else:
+            t.set_user_attr("surplus", True)
+            study.tell(t, state=TrialState.PRUNED)
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------
+# reading trials back
 
 
 def records(

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from omegaconf import DictConfig
+from optuna.trial import TrialState
 
 from steerlab import records, tracking
 from steerlab import runner as rn
@@ -26,12 +28,14 @@ from steerlab.config import SteeringConfig, position_of, root_of, steering_of
 from steerlab.ensembles import Ensemble, save_ensemble
 from steerlab.models import shape_of
 from steerlab.records import Trial
+from steerlab.runner import ConfigError
 from steerlab.search import study as st
 from steerlab.search.pareto import frontier, plot_frontier, plot_heatmap
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
 
 log = logging.getLogger("steerlab.sweeper")
 OWN_STATE = ("adaptive", "cmaes_ensemble")  # samplers that keep their own (single) objective
+POLL = 2.0  # seconds between looks at other workers' trials in flight
 
 
 @dataclass
@@ -45,42 +49,69 @@ class Summary:
 
 
 def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
-    """Place, resume and run the study `cfg` describes until `search.n_trials` count."""
+    """Place, join or resume the study `cfg` describes, and evaluate batches of its trials
+    until `search.n_trials` count (with every other worker on the same study)."""
     rn.check(cfg)
     sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
-    try:  # extraction, vetting and baseline once, before any trial is asked
+    search = cfg.search
+    try:  # the storage and the study's settings first: a refusal costs no model load
         if cfg.combine.strategy and not cfg.combine.instruction_run:
             place(cfg)  # the strategy's vectors, layers and first tries, as typed values
             rn.check(cfg)
-        st.check_settings(sweep_dir, st.study_settings(cfg))
-        setup = runner.setup(cfg)
+        strategy = _strategy(cfg)
+        multi = bool(search.multi_objective) and search.sampler not in OWN_STATE
+        handle = st.open_study(cfg, sweep_dir, ["maximize"] * (2 if multi else 1))
+        study = handle.study
+        study.sampler = make_sampler(
+            search.sampler, st.sampler_seed(search.seed, study), strategy.grid_space()
+        )
+        parent = _parent_run(cfg, handle, sweep_dir)
+        setup = runner.setup(cfg)  # extraction, vetting and baseline once per process
     except (ValueError, FileNotFoundError) as e:
         log.error("study %s skipped: %s", label, e)
         return Summary(f"\n== skipped ({label}): {e}", error=e)
-    search = cfg.search
-    strategy = _strategy(cfg)
-    multi = bool(search.multi_objective) and search.sampler not in OWN_STATE
-    sampler = make_sampler(search.sampler, search.seed, strategy.grid_space())
-    study = st.open_study(cfg, sweep_dir, sampler, multi)
-    parent = _parent_run(cfg, study, sweep_dir, setup)
+    if handle.created and parent:
+        _log_setup(cfg, parent, setup)
     base = steering_of(cfg)
-    while (left := _total(cfg, strategy) - st.counted(study)) > 0:
-        trials = strategy.propose(study, min(search.batch_size, left))
-        if not trials:
+    total = _total(cfg, strategy)
+    not_logged: list[int] = []
+    while True:
+        st.close_dead(study)
+        done, flying = st.counted(study), st.in_flight(study)
+        if done >= total:
             break
+        left = total - done - flying
+        trials = strategy.propose(study, min(search.batch_size, left)) if left > 0 else []
+        for t in trials:
+            t.set_user_attr(st.WORKER, st.worker_id())
+        trials = st.release_surplus(study, trials, total)
+        if not trials:
+            if st.in_flight(study) == 0 and left > 0:
+                break  # the strategy has nothing left to propose
+            time.sleep(POLL)  # other workers' trials in flight: finish them if they die
+            continue
         steers = [strategy.steering(t, base) for t in trials]
-        outcomes = _evaluate(runner, setup, steers, root_of(cfg))
-        for t, steer, outcome in zip(trials, steers, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                log.warning("trial %d failed: %r", t.number, outcome)
-                st.fail(study, t, repr(outcome))
-                continue
-            scores = rn.record(
-                cfg, setup, steer, outcome, sweep_dir / str(t.number), t.number, parent
-            )
-            strategy.tell(study, t, scores, search.coherence_min, multi)
+        with st.heartbeats(handle, trials):
+            outcomes = _evaluate(runner, setup, steers, root_of(cfg))
+            for t, steer, outcome in zip(trials, steers, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    log.warning("trial %d failed: %r", t.number, outcome)
+                    st.fail(study, t, repr(outcome))
+                    continue
+                job = sweep_dir / str(t.number)
+                scores, error = rn.record(cfg, setup, steer, outcome, job, t.number, parent)
+                if error:
+                    t.set_user_attr("tracking_error", error)
+                    not_logged.append(t.number)
+                strategy.tell(study, t, scores, search.coherence_min, multi)
     trials = st.records(study, strategy, base, search.coherence_min)
-    return _finish(cfg, study, trials, parent, sweep_dir, setup)
+    summary = _finish(cfg, handle, trials, parent, sweep_dir, setup)
+    if not_logged:
+        summary.text += (
+            f"\n{len(not_logged)} trial(s) not logged to MLflow ({not_logged}); their answers "
+            f"and metrics are in {sweep_dir}/<trial>/"
+        )
+    return summary
 
 
 def _strategy(cfg: DictConfig) -> Strategy:
@@ -115,26 +146,47 @@ def _evaluate(
     return out
 
 
-def _parent_run(
-    cfg: DictConfig, study: optuna.Study, sweep_dir: Path, setup: rn.Setup
-) -> str | None:
-    """The study's MLflow parent run: created once, its id kept in the study."""
+def _parent_run(cfg: DictConfig, handle: st.Handle, sweep_dir: Path) -> str | None:
+    """The study's one MLflow parent run: made by the worker that created the study (its id
+    kept in the study); the others wait for it. Child runs a killed worker left RUNNING are
+    closed as KILLED."""
     if not cfg.tracking.enabled:
         return None
-    if run_id := study.user_attrs.get(st.PARENT_RUN):
+    study, store = handle.study, tracking.store_of(cfg)
+    if not handle.created:
+        run_id = st.wait_for(study, st.PARENT_RUN, timeout=float(cfg.search.grace_period))
+        if run_id is None:
+            raise ConfigError(
+                f"the study {handle.name!r} in {handle.url} has no MLflow parent run after "
+                f"{cfg.search.grace_period} s: its creator died while placing it; start again"
+            )
+        _close_orphans(store, str(run_id), study)
         return str(run_id)
     tags = {
         records.KIND: "sweep",
         "steerlab.sweep_dir": str(sweep_dir),
-        "optuna.storage": st.storage_url(sweep_dir),
-        "optuna.study": study.study_name,
+        "optuna.storage": handle.url,
+        "optuna.study": handle.name,
     }
     if cfg.combine.strategy:
         tags[records.STRATEGY] = cfg.combine.strategy
     name = f"sweep-{cfg.trait.name}-{sweep_dir.parent.name}-{sweep_dir.name}"
-    root, exp = root_of(cfg), tracking.experiment_name(cfg)
-    with tracking.run(root, exp, name, tracking.run_params(cfg), tags=tags) as mlflow:
+    exp = tracking.experiment_name(cfg)
+    with tracking.run(store, exp, name, tracking.run_params(cfg), tags=tags) as mlflow:
         run_id = mlflow.active_run().info.run_id
+    study.set_user_attr(st.PARENT_RUN, run_id)
+    return run_id
+
+
+def _close_orphans(store: tracking.Store, parent: str, study: optuna.Study) -> None:
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if n := tracking.close_orphans(store, parent, running):
+        log.warning("closed %d MLflow child run(s) a killed worker left running", n)
+
+
+def _log_setup(cfg: DictConfig, parent: str, setup: rn.Setup) -> None:
+    """What every trial shares, on the parent run: elicited responses, vector, baseline."""
+    with tracking.run(tracking.store_of(cfg), "", "", run_id=parent) as mlflow:
         if ex := setup.extraction_rows:  # none when steering a given vector file
             mlflow.log_table({k: [r[k] for r in ex] for k in ex[0]}, "extraction.json")
         mlflow.log_dict(setup.vector_meta(), "vector.json")
@@ -143,26 +195,25 @@ def _parent_run(
         mlflow.log_metrics(
             {"baseline_trait": setup.base.trait, "baseline_coherence": setup.base.coherence}
         )
-    study.set_user_attr(st.PARENT_RUN, run_id)
-    return run_id
 
 
 def _finish(
     cfg: DictConfig,
-    study: optuna.Study,
+    handle: st.Handle,
     trials: list[Trial],
     parent: str | None,
     sweep_dir: Path,
     setup: rn.Setup,
 ) -> Summary:
-    failed, interrupted = st.n_failed(study)
+    failed, interrupted = st.n_failed(handle.study)
     front = frontier([(t.trait, t.coherence) for t in trials])
     best = records.best(trials)
     (sweep_dir / "trials.json").write_text(json.dumps([t.row() for t in trials], indent=1))
     if best and cfg.search.sampler == "cmaes_ensemble":
         _save_ensemble(cfg, best, setup)
     if parent:
-        with tracking.run(root_of(cfg), "", "", run_id=parent) as mlflow:
+        _close_orphans(tracking.store_of(cfg), parent, handle.study)
+        with tracking.run(tracking.store_of(cfg), "", "", run_id=parent) as mlflow:
             tracking.log_sweep(mlflow, trials, front)
             mlflow.log_metrics(
                 {"n_complete": len(trials), "n_failed": failed, "pareto_size": len(front)}
@@ -173,7 +224,7 @@ def _finish(
                     str(plot_frontier(trials, front, cmin, sweep_dir / "pareto.png"))
                 )
                 mlflow.log_artifact(str(plot_heatmap(trials, sweep_dir / "heatmap.png")))
-    text = summary_text(cfg, trials, best, failed, interrupted, st.storage_url(sweep_dir))
+    text = summary_text(cfg, trials, best, failed, interrupted, f"{handle.name!r} in {handle.url}")
     return Summary(text, best, [trials[i] for i in front])
 
 
