@@ -8,14 +8,19 @@ PORT   ?= 5000
 ROOT   ?= $(CURDIR)
 SIZE   ?= cpu
 OUT    ?= docs/report
+N      ?= 2
+PGDIR  ?= /tmp/steerlab-postgres
+PGPORT ?= 5433
+STORE  ?= sqlite:///$(abspath $(ROOT))/mlruns/mlflow.db
 # llama.cpp's OpenAI-compatible server, used by the judge integration test (built once, ~7 min)
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run experiments report test test-fast lint ui bench clean
+.PHONY: help setup run experiments report test test-fast lint ui bench clean workers postgres \
+	postgres-stop mlflow-server
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 14), "need Python 3.11-3.13"'
@@ -30,6 +35,11 @@ $(VENV)/.server: $(VENV)/.installed
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q "$(LLAMA_CPP)"
 	touch $@
 
+$(VENV)/.postgres:  # the real PostgreSQL server the distributed-study tests start (Debian's)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@mkdir -p $(VENV) && touch $@
+
 setup: $(VENV)/.installed  ## create .venv and install everything (idempotent)
 
 run: setup  ## the main job: search layer x coef for evil on the embedded model (ARGS=... to add overrides)
@@ -43,7 +53,7 @@ experiments: setup  ## model_diff, then combinations and ensembles, into ROOT (S
 report: setup  ## the Markdown report of ROOT's MLflow store into OUT (default docs/report)
 	$(PY) -m steerlab.report --root $(ROOT) --experiment model_diff --out $(OUT)
 
-test: setup $(VENV)/.server  ## every test, including the real-server and embedded-model ones
+test: setup $(VENV)/.server $(VENV)/.postgres  ## every test, including the real-server and embedded-model ones
 	$(PY) -m pytest $(ARGS)
 
 test-fast: setup  ## unit tests on tiny random models only
@@ -53,10 +63,25 @@ lint: setup  ## ruff
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-ui: setup  ## MLflow UI on http://127.0.0.1:$(PORT) for ROOT/mlruns (default: here); Ctrl-C stops it
+ui: setup  ## MLflow UI on http://127.0.0.1:PORT for ROOT/mlruns (or STORE=postgresql+psycopg://...); Ctrl-C stops it
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) \
-		--backend-store-uri sqlite:///$(abspath $(ROOT))/mlruns/mlflow.db \
+		--backend-store-uri $(STORE) \
 		--default-artifact-root $(abspath $(ROOT))/mlruns/artifacts
+
+workers: setup  ## N workers on the same studies (ARGS=the sweep's overrides; logs in ROOT/logs)
+	scripts/workers.sh $(N) $(abspath $(ROOT))/logs $(PY) -m steerlab -m paths.root=$(ROOT) $(ARGS)
+
+postgres:  ## a local PostgreSQL server (PGDIR, PGPORT); prints the search.storage URL
+	@scripts/postgres.sh start $(PGDIR) $(PGPORT)
+
+postgres-stop:  ## stop it
+	scripts/postgres.sh stop $(PGDIR)
+
+mlflow-server: setup  ## MLflow server on http://127.0.0.1:PORT, PostgreSQL store, artifacts proxied (ROOT/mlartifacts)
+	@scripts/postgres.sh start $(PGDIR) $(PGPORT) >/dev/null
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(VENV)/bin/mlflow server --host 127.0.0.1 \
+		--port $(PORT) --backend-store-uri postgresql+psycopg://steerlab@127.0.0.1:$(PGPORT)/mlflow \
+		--artifacts-destination $(abspath $(ROOT))/mlartifacts --serve-artifacts
 
 bench: setup  ## steering overhead and batched-config speed-up (ARGS=--model ... for others)
 	$(PY) bench/steering_bench.py $(ARGS)

@@ -3,7 +3,25 @@ with an in-memory byte-level tokenizer, so no file or hub is needed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SWEEP = [  # a sweep of the tiny model (`tiny_dir`): a few pairs, short answers, all trials valid
+    "trait=evil",
+    "position=5",
+    "model.name=tiny",
+    "steering.layer=1",
+    "extraction.max_pairs=8",
+    "extraction.max_new_tokens=4",
+    "extraction.vet.enabled=false",
+    "steering.n_questions=2",
+    "steering.max_new_tokens=4",
+    "search.batch_size=2",
+    "search.coherence_min=0",
+    f"judge.options.calibration_dirs=[{REPO / 'traits' / 'evil'}]",
+]
 
 ARCHS = ("llama", "qwen2", "gemma2")
 TINY = dict(
@@ -46,3 +64,26 @@ def bare_trait(name: str = "evil"):
         natural=[],
         steering_questions=[],
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A 3-layer random Llama with the byte tokenizer, saved as a loadable model folder: a
+    stand-in model for whole sweeps that run in seconds."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    m = tiny_model("llama")
+    m.model.save_pretrained(out)
+    m.tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_args(root: Path, model: Path, *extra: str) -> list[str]:
+    """`python -m steerlab` arguments of a tiny-model sweep into `root`."""
+    return [
+        "-m",
+        *TINY_SWEEP,
+        f"model.extraction={model}",
+        f"model.steering={model}",
+        f"paths.root={root}",
+        *extra,
+    ]

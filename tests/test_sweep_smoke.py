@@ -11,41 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_model
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A 3-layer random Llama with the byte tokenizer, saved as a loadable model folder."""
-    out = tmp_path_factory.mktemp("tiny-llama")
-    m = tiny_model("llama")
-    m.model.save_pretrained(out)
-    m.tokenizer.save_pretrained(out)
-    return out
+from conftest import REPO, tiny_args
 
 
 def sweep(root: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [
-        "-m",
-        "trait=evil",
-        "position=5",
-        "model.name=tiny",
-        f"model.extraction={model}",
-        f"model.steering={model}",
-        "steering.layer=1",
-        "extraction.max_pairs=8",
-        "extraction.max_new_tokens=4",
-        "extraction.vet.enabled=false",
-        "steering.n_questions=2",
-        "steering.max_new_tokens=4",
-        "search.batch_size=2",
-        "search.coherence_min=0",
-        f"judge.options.calibration_dirs=[{REPO / 'traits' / 'evil'}]",
-        f"paths.root={root}",
-        *extra,
-    ]
+    args = tiny_args(root, model, *extra)
     return subprocess.run(
         [sys.executable, "-m", "steerlab", *args],
         cwd=REPO,

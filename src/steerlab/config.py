@@ -4,6 +4,7 @@ at compose time naming the valid keys. Registered in Hydra's ConfigStore by `reg
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,11 +172,24 @@ def position_of(cfg: DictConfig) -> str:
     )
 
 
+_SECRET = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Text with the password of any `scheme://user:password@host` URL in it replaced by ***."""
+    return _SECRET.sub(r"\1***@", text)
+
+
 def plain(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config without Hydra's own node (which only resolves inside a job)."""
-    return OmegaConf.to_container(  # type: ignore[return-value]
+    """The resolved config without Hydra's own node (which only resolves inside a job), with
+    the passwords of its storage and tracking URLs redacted (it is logged and saved)."""
+    out: dict[str, Any] = OmegaConf.to_container(  # type: ignore[assignment]
         OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
     )
+    for group, key in (("search", "storage"), ("tracking", "uri")):
+        if isinstance(out.get(group, {}).get(key), str):
+            out[group][key] = redact(out[group][key])
+    return out
 
 
 def steering_of(cfg: DictConfig) -> SteeringConfig:

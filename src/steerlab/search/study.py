@@ -34,7 +34,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from steerlab.config import SteeringConfig, position_of, root_of
+from steerlab.config import SteeringConfig, position_of, redact, root_of
 from steerlab.records import Trial
 from steerlab.runner import ConfigError, weights
 from steerlab.tracking import flatten
@@ -131,14 +131,7 @@ def storage_url(cfg: DictConfig, sweep_dir: Path) -> str:
 
 def masked(url: str) -> str:
     """A storage URL with its password replaced by ***."""
-    from sqlalchemy.engine import make_url
-
-    if url.startswith(("journal:", "sqlite:")):
-        return url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - unparsable: show nothing secret
-        return url.split("@")[-1]
+    return redact(url)
 
 
 def _password(url: str) -> str | None:
@@ -160,21 +153,29 @@ def open_storage(cfg: DictConfig, url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-                heartbeat_interval=int(cfg.search.heartbeat_interval),
-                grace_period=int(cfg.search.grace_period),
-                heartbeat_stale_trial_callback=_retry(),
-            )
-    except Exception as e:  # noqa: BLE001 - any driver error: the URL is unusable
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        secret = _password(url)
-        reason = reason.replace(secret, "***") if secret else reason
-        raise ConfigError(f"search.storage {masked(url)} cannot be reached: {reason}") from None
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True},
+                    heartbeat_interval=int(cfg.search.heartbeat_interval),
+                    grace_period=int(cfg.search.grace_period),
+                    heartbeat_stale_trial_callback=_retry(),
+                )
+        except (IntegrityError, ProgrammingError):  # workers creating a new database's tables
+            if attempt == 4:
+                raise
+            time.sleep(1.0 + attempt)
+        except Exception as e:  # noqa: BLE001 - any driver error: the URL is unusable
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            secret = _password(url)
+            reason = reason.replace(secret, "***") if secret else reason
+            raise ConfigError(f"search.storage {masked(url)} cannot be reached: {reason}") from None
+    raise AssertionError("unreachable")
 
 
 def _retry() -> RetryHeartbeatStaleTrialCallback:

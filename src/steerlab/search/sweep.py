@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from steerlab import records, tracking
 from steerlab import runner as rn
 from steerlab.combinations import place
-from steerlab.config import SteeringConfig, position_of, root_of, steering_of
+from steerlab.config import SteeringConfig, position_of, redact, root_of, steering_of
 from steerlab.ensembles import Ensemble, save_ensemble
 from steerlab.models import shape_of
 from steerlab.records import Trial
@@ -68,6 +68,7 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
         parent = _parent_run(cfg, handle, sweep_dir)
         setup = runner.setup(cfg)  # extraction, vetting and baseline once per process
     except (ValueError, FileNotFoundError) as e:
+        label = redact(label)
         log.error("study %s skipped: %s", label, e)
         return Summary(f"\n== skipped ({label}): {e}", error=e)
     if handle.created and parent:

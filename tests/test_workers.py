@@ -1,0 +1,281 @@
+"""Studies you can trust: resumed, killed and shared by several worker processes through a real
+PostgreSQL server (started here), Optuna's journal file and a real `mlflow server`.
+
+The workers are real `python -m steerlab -m` processes on a tiny random Llama (a whole sweep in
+seconds), so what is tested is the study machinery: trial counts across workers, no replayed
+parameters, dead workers' trials re-tried, one MLflow parent run, no run left RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import REPO, tiny_args
+
+pytestmark = pytest.mark.server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server on a free port (scripts/postgres.sh; as root it runs as the
+    `postgres` user, so its folder lives outside pytest's private tmp)."""
+    folder = Path(tempfile.mkdtemp(prefix="steerlab-pg-"))
+    folder.chmod(0o755)
+    port = _free_port()
+    url = subprocess.run(
+        [str(REPO / "scripts" / "postgres.sh"), "start", str(folder), str(port)],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout.strip()  # fmt: skip
+    yield {"url": url, "port": port, "dir": folder}
+    subprocess.run([str(REPO / "scripts" / "postgres.sh"), "stop", str(folder)], timeout=60)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    """`make mlflow-server`: MLflow over the PostgreSQL store, artifacts proxied."""
+    port = _free_port()
+    root = tmp_path_factory.mktemp("mlflow-server")
+    proc = subprocess.Popen(
+        ["make", "-s", "mlflow-server", f"PORT={port}", f"ROOT={root}",
+         f"PGDIR={postgres['dir']}", f"PGPORT={postgres['port']}"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env=os.environ | {"MAKEFLAGS": ""},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5):
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("mlflow server did not come up within 180 s")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_dir, tmp_path_factory):
+    """A cache every worker shares, filled once (elicitation, judge fit, baseline)."""
+    cache = tmp_path_factory.mktemp("shared-cache")
+    root = tmp_path_factory.mktemp("warm")
+    args = tiny_args(root, tiny_dir, "search.n_trials=0", f"paths.cache={cache}")
+    subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=REPO, check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+    return cache
+
+
+def start(root: Path, model: Path, cache: Path, *extra: str, worker: int = 0) -> subprocess.Popen:
+    args = tiny_args(root, model, f"paths.cache={cache}", *extra)
+    env = os.environ | {"STEERLAB_WORKER": str(worker), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "steerlab", *args], cwd=REPO, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def finish(*procs: subprocess.Popen) -> list[str]:
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    return outs
+
+
+def the_study(storage: str) -> optuna.Study:
+    [summary] = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def params_of(trials) -> list[tuple]:
+    return [(t.params["layer"], round(t.params["coef"], 12)) for t in trials]
+
+
+def complete(study: optuna.Study):
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def mlflow_runs(uri: str):
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exps, max_results=1000)
+
+
+def check_runs(uri: str, n: int) -> None:
+    """One sweep parent, n finished trial runs under it, nothing RUNNING."""
+    runs = mlflow_runs(uri)
+    parents = [r for r in runs if r.data.tags.get("steerlab.kind") == "sweep"]
+    kids = [r for r in runs if r.data.tags.get("steerlab.kind") == "trial"]
+    assert len(parents) == 1
+    assert {r.data.tags["mlflow.parentRunId"] for r in kids} == {parents[0].info.run_id}
+    assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
+    finished = [r for r in kids if r.info.status == "FINISHED"]
+    assert len(finished) == n
+    assert len({r.data.tags["steerlab.trial"] for r in finished}) == n
+
+
+def test_resume_and_restart_after_kill_never_replay(tmp_path, tiny_dir, cache):
+    storage = f"sqlite:///{tmp_path}/multirun/tiny/evil/natural-mean_diff-5/residual-tpe/optuna.db"
+    finish(start(tmp_path, tiny_dir, cache, "search.n_trials=4"))
+    finish(start(tmp_path, tiny_dir, cache, "search.n_trials=8"))  # raised: 4 more, new ones
+    assert len(set(params_of(complete(the_study(storage))))) == 8
+
+    root = tmp_path / "killed"
+    storage = storage.replace(str(tmp_path), str(root))
+    proc = start(root, tiny_dir, cache, "search.n_trials=8")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if Path(storage.removeprefix("sqlite:///")).is_file():
+            try:
+                if len(complete(the_study(storage))) >= 2:
+                    break
+            except (ValueError, KeyError, optuna.exceptions.StorageInternalError):
+                pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 in the middle of the sweep
+    proc.wait()
+    [out] = finish(start(root, tiny_dir, cache, "search.n_trials=8"))
+    study = the_study(storage)
+    done = complete(study)
+    assert len(done) == 8 and len(set(params_of(done))) == 8
+    killed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    retried = {t.number for t in done if "failed_trial" in t.system_attrs}
+    assert len(retried) == len(killed)  # every killed trial's parameters re-tried, once
+    sampled = [t for t in killed if t.params]  # a kill inside `ask` leaves a trial without any
+    assert set(params_of(sampled)) <= set(params_of(done))
+    assert "8 trials done, 0 failed" in out
+    check_runs_local = mlflow_runs(f"sqlite:///{root}/mlruns/mlflow.db")
+    assert [r for r in check_runs_local if r.info.status == "RUNNING"] == []
+
+
+def test_three_workers_share_a_postgres_study_and_an_mlflow_server(
+    tmp_path, tiny_dir, cache, postgres, mlflow_server
+):
+    extra = [f"search.storage={postgres['url']}", f"tracking.uri={mlflow_server}",
+             "search.n_trials=9", "tracking.experiment=three-workers"]  # fmt: skip
+    outs = finish(*(start(tmp_path, tiny_dir, cache, *extra, worker=i) for i in range(3)))
+    study = the_study(postgres["url"])
+    done = complete(study)
+    assert len(done) == 9 and len(set(params_of(done))) == 9
+    assert study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) == []
+    workers = {t.user_attrs["worker"] for t in done}
+    assert len(workers) >= 2, workers  # the work was shared
+    assert all("9 trials done" in out for out in outs)
+    check_runs(mlflow_server, 9)
+    optuna.delete_study(study_name=study.study_name, storage=postgres["url"])
+
+
+def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, tiny_dir, cache, postgres):
+    extra = [f"search.storage={postgres['url']}", "search.n_trials=9",
+             "steering.max_new_tokens=24"]  # fmt: skip
+    procs = [start(tmp_path, tiny_dir, cache, *extra, worker=i) for i in range(3)]
+    victim = procs[0]
+    deadline = time.time() + 300
+    study = None
+    while time.time() < deadline:  # kill worker 0 while it has a batch in flight
+        try:
+            study = the_study(postgres["url"])
+            mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]  # fmt: skip
+            if mine:
+                break
+        except ValueError:
+            pass
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    finish(*procs[1:])
+    study = the_study(postgres["url"])
+    done = complete(study)
+    assert len(done) == 9 and len(set(params_of(done))) == 9
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    assert failed and all(t.user_attrs["worker"].endswith(f":{victim.pid}") for t in failed)
+    sampled = [t for t in failed if t.params]  # a kill inside `ask` leaves a trial without any
+    assert set(params_of(sampled)) <= set(params_of(done))  # re-tried by the others
+    assert study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) == []
+    optuna.delete_study(study_name=study.study_name, storage=postgres["url"])
+
+
+def test_two_workers_on_a_journal_file(tmp_path, tiny_dir, cache):
+    extra = ["search.storage=journal", "search.n_trials=6"]
+    finish(*(start(tmp_path, tiny_dir, cache, *extra, worker=i) for i in range(2)))
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "multirun" / "optuna.journal")))
+    study = the_study(storage)
+    done = complete(study)
+    assert len(done) == 6 and len(set(params_of(done))) == 6
+    check_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", 6)
+
+
+def test_a_worker_with_other_settings_or_no_database_is_refused_before_loading(
+    tmp_path, tiny_dir, cache, postgres
+):
+    base = [f"search.storage={postgres['url']}", "search.n_trials=1",
+            "tracking.experiment=refusal"]  # fmt: skip
+    finish(start(tmp_path, tiny_dir, cache, *base))
+    other = start(tmp_path / "b", tiny_dir, cache, *base, "steering.max_new_tokens=5")
+    out = other.communicate(timeout=300)[0]
+    assert other.returncode == 2
+    assert "steering.max_new_tokens: 4 -> 5" in out and "Loading weights" not in out
+    url = "postgresql+psycopg://steerlab:s3cret@127.0.0.1:1/steerlab"
+    t0 = time.time()
+    dead = start(tmp_path / "c", tiny_dir, cache, f"search.storage={url}")
+    out = dead.communicate(timeout=300)[0]
+    errors = [line for line in out.splitlines() if line.startswith("steerlab: error:")]
+    assert dead.returncode == 2 and len(errors) == 1, out[-2000:]
+    assert "127.0.0.1:1/steerlab" in errors[0] and "***" in errors[0]
+    assert "s3cret" not in out and "Loading weights" not in out
+    assert time.time() - t0 < 60
+    study = the_study(postgres["url"])
+    optuna.delete_study(study_name=study.study_name, storage=postgres["url"])
+
+
+def test_heartbeats_keep_a_remote_workers_trials_and_expire_a_dead_ones(tmp_path):
+    """The other-host path: no pid to check, only Optuna's heartbeats and grace period."""
+    from hydra import compose, initialize_config_dir
+
+    from steerlab.config import register
+    from steerlab.search import study as st
+    from steerlab.search.strategies import Strategy
+
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["search.heartbeat_interval=1", "search.grace_period=3"])
+    handle = st.open_study(cfg, tmp_path, ["maximize"])
+    live, dead = Strategy(cfg.search, [1, 2]).propose(handle.study, 2)
+    for t in (live, dead):
+        t.set_user_attr(st.WORKER, "some-other-host:4242")
+    with st.heartbeats(handle, [dead]):
+        time.sleep(0.5)  # one beat, then its worker "dies"
+    with st.heartbeats(handle, [live]):
+        time.sleep(4.5)  # the live one keeps beating past the grace period
+        closed = st.close_dead(handle.study)
+    assert closed == []  # not a local worker: Optuna's heartbeat check closed it
+    states = {t.number: t.state for t in handle.study.get_trials(deepcopy=False)}
+    assert states[dead.number] == TrialState.FAIL and states[live.number] == TrialState.RUNNING
+    waiting = handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert [t.params for t in waiting] == [dead.params]  # re-tried
