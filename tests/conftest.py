@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_SWEEP = [  # a sweep of the tiny model (`tiny_dir`): a few pairs, short answers, all trials valid
+TINY_SWEEP = [  # a sweep of the tiny model (`tiny_dir`): few pairs, short answers, all valid
     "trait=evil",
     "position=5",
     "model.name=tiny",
