@@ -75,7 +75,7 @@ def test_adaptive_multiplies_up_when_coherent_and_replays_state():
     second = {t.params["layer"]: t.params["coef"] for t in s.propose(study, 10)}
     assert second[4] == pytest.approx(base * 2.0) and second[5] == pytest.approx(base * 0.5)
     # a fresh strategy object on the same study continues from the same state (resume)
-    study2_props = Adaptive(search, [4, 5])._state(study)
+    study2_props = Adaptive(search, [4, 5]).state(study)
     assert study2_props[4][2] == 1 and study2_props[5][2] == 1
 
 

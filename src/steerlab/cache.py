@@ -28,8 +28,11 @@ class KeyedJsonlStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: dict[Any, dict] = {}
+        self._torn = False  # the file ends mid-line: the next append starts a new line
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            text = path.read_text(encoding="utf-8")
+            self._torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
@@ -42,6 +45,9 @@ class KeyedJsonlStore:
     def add(self, recs: Iterable[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
+            if self._torn:
+                f.write("\n")
+                self._torn = False
             for rec in recs:
                 self.records[self.key(rec)] = rec
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -128,7 +128,7 @@ class Adaptive(Strategy):
     The state is replayed from the study's completed trials, so a resumed search continues.
     """
 
-    def _state(self, study: optuna.Study) -> dict[int, tuple[float, float, int]]:
+    def state(self, study: optuna.Study) -> dict[int, tuple[float, float, int]]:
         o = self.search.options
         base = middle(self.search)
         state = {la: (float(o.get("start", 0.7)) * base, 0.0, 0) for la in self.layers}
@@ -146,7 +146,7 @@ class Adaptive(Strategy):
     def propose(self, study: optuna.Study, n: int) -> list[optuna.trial.Trial]:
         steps = int(self.search.options.get("steps", 5))
         lo, hi = self.search.coef_range
-        state = self._state(study)
+        state = self.state(study)
         busy = {t.params.get("layer") for t in _taken(study)}
         todo = [la for la in self.layers if state[la][2] < steps and la not in busy][:n]
         for la in todo:
