@@ -22,6 +22,7 @@ from steerlab import tracking
 from steerlab.cache import digest
 from steerlab.combinations import STRATEGIES
 from steerlab.config import SteeringConfig, cache_of, plain, position_of, root_of
+from steerlab.errors import ConfigError
 from steerlab.positions import parse_position
 
 if TYPE_CHECKING:
@@ -34,10 +35,6 @@ if TYPE_CHECKING:
     from steerlab.vectors import TraitVectors
 
 log = logging.getLogger("steerlab")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; raised before any model loads."""
 
 
 def check(cfg: DictConfig) -> None:

@@ -35,8 +35,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from steerlab.config import SteeringConfig, position_of, redact, root_of
+from steerlab.errors import ConfigError
 from steerlab.records import Trial
-from steerlab.runner import ConfigError, weights
+from steerlab.runner import weights
 from steerlab.tracking import flatten
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ READY = "ready"  # study user attr: placed (settings, first tries, parent run) b
 WORKER = "worker"  # trial user attr: "<host>:<pid>" of the process evaluating it
 ERROR = "error"  # trial user attr: why a trial failed by itself (it counts toward n_trials)
 LEGACY_NAME = "steerlab"  # the study name sqlite files of earlier versions hold
-SPEED = ("batch_size", "concurrency", "max_retries", "backoff", "timeout")
+SPEED = ("batch_size", "concurrency", "max_retries", "backoff", "timeout", "breaker", "deadline")
 NOT_SETTINGS = ("n_trials", "enqueue", "options", "storage", "heartbeat_interval", "grace_period")
 # settings saved by earlier versions under other names; keys they saved that no longer exist
 # (e.g. the offline judge's unused `judge.model`) cannot differ now and are not compared

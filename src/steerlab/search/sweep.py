@@ -26,9 +26,9 @@ from steerlab import runner as rn
 from steerlab.combinations import place
 from steerlab.config import SteeringConfig, position_of, redact, root_of, steering_of
 from steerlab.ensembles import Ensemble, save_ensemble
+from steerlab.errors import ConfigError
 from steerlab.models import shape_of
 from steerlab.records import Trial
-from steerlab.runner import ConfigError
 from steerlab.search import study as st
 from steerlab.search.pareto import frontier, plot_frontier, plot_heatmap
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
