@@ -57,6 +57,19 @@ def client(store: Store) -> Any:
     return mlflow.MlflowClient(tracking_uri(store))
 
 
+def check_store(store: Store) -> None:
+    """The store answers, or a one-line ConfigError naming it (before any work is done)."""
+    from steerlab.errors import ConfigError
+
+    try:
+        client(store).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure: the store is unusable
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        where = tracking_uri(store)
+        fix = "move the broken file away" if isinstance(store, Path) else "check the server"
+        raise ConfigError(f"tracking store {where} is not usable ({reason}); {fix}") from None
+
+
 def experiment_id(store: Store, name: str) -> str:
     """Get or create an experiment; a local store keeps its artifacts in `mlruns/artifacts`
     (a server decides where its artifacts go)."""

@@ -352,8 +352,18 @@ def n_failed(study: optuna.Study) -> tuple[int, int]:
 
 
 def fail(study: optuna.Study, trial: optuna.trial.Trial, error: str) -> None:
+    """A trial that failed by itself (its configuration): it counts toward `n_trials`."""
     trial.set_user_attr(ERROR, error[:2000])
     study.tell(trial, state=TrialState.FAIL)
+
+
+def give_back(study: optuna.Study, trial: optuna.trial.Trial, why: str) -> None:
+    """A trial stopped by the world around it (judge down, disk full): closed with the reason,
+    not counted, and its parameters queued again for the next run."""
+    trial.set_user_attr("interrupted", why[:2000])
+    study.tell(trial, state=TrialState.FAIL)
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    _retry()(study, frozen)
 
 
 def release_surplus(study: optuna.Study, trials: list[Any], total: int) -> list[Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from steerlab import runner as rn
 from steerlab.combinations import place
 from steerlab.config import SteeringConfig, position_of, redact, root_of, steering_of
 from steerlab.ensembles import Ensemble, save_ensemble
-from steerlab.errors import ConfigError
+from steerlab.errors import ConfigError, InfraError
 from steerlab.models import shape_of
 from steerlab.records import Trial
 from steerlab.search import study as st
@@ -51,10 +52,12 @@ class Summary:
 def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
     """Place, join or resume the study `cfg` describes, and evaluate batches of its trials
     until `search.n_trials` count (with every other worker on the same study)."""
-    rn.check(cfg)
     sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
     search = cfg.search
     try:  # the storage and the study's settings first: a refusal costs no model load
+        rn.check(cfg)
+        if cfg.tracking.enabled:
+            tracking.check_store(tracking.store_of(cfg))
         if cfg.combine.strategy and not cfg.combine.instruction_run:
             place(cfg)  # the strategy's vectors, layers and first tries, as typed values
             rn.check(cfg)
@@ -92,19 +95,33 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
             time.sleep(POLL)  # other workers' trials in flight: finish them if they die
             continue
         steers = [strategy.steering(t, base) for t in trials]
-        with st.heartbeats(handle, trials):
-            outcomes = _evaluate(runner, setup, steers, root_of(cfg))
-            for t, steer, outcome in zip(trials, steers, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    log.warning("trial %d failed: %r", t.number, outcome)
-                    st.fail(study, t, repr(outcome))
-                    continue
-                job = sweep_dir / str(t.number)
-                scores, error = rn.record(cfg, setup, steer, outcome, job, t.number, parent)
-                if error:
-                    t.set_user_attr("tracking_error", error)
-                    not_logged.append(t.number)
-                strategy.tell(study, t, scores, search.coherence_min, multi)
+        pending = list(trials)
+        try:
+            with st.heartbeats(handle, trials):
+                outcomes = _evaluate(runner, setup, steers, root_of(cfg))
+                for t, steer, outcome in zip(trials, steers, outcomes, strict=True):
+                    if isinstance(outcome, Exception):  # the configuration's own failure
+                        log.warning("trial %d failed: %s", t.number, secret_free(outcome, cfg))
+                        st.fail(study, t, secret_free(outcome, cfg))
+                        pending.remove(t)
+                        continue
+                    job = sweep_dir / str(t.number)
+                    scores, error = rn.record(cfg, setup, steer, outcome, job, t.number, parent)
+                    if error:
+                        t.set_user_attr("tracking_error", error)
+                        not_logged.append(t.number)
+                    strategy.tell(study, t, scores, search.coherence_min, multi)
+                    pending.remove(t)
+        except (InfraError, OSError) as e:  # judge down, disk full...: give the trials back
+            why = secret_free(e, cfg)
+            for t in pending:
+                st.give_back(study, t, why)
+            log.error("stopped: %s; %d trial(s) given back to the study", why, len(pending))
+            return Summary(
+                f"\n== stopped ({redact(label)}): {why}\n{len(pending)} trial(s) in flight were "
+                "given back to the study (not counted); run the same command again to resume",
+                error=InfraError(f"{why} (the study resumes where it stopped)"),
+            )
     trials = st.records(study, strategy, base, search.coherence_min)
     summary = _finish(cfg, handle, trials, parent, sweep_dir, setup)
     if not_logged:
@@ -129,6 +146,16 @@ def _total(cfg: DictConfig, strategy: Strategy) -> int:
     return min(cfg.search.n_trials, math.prod(len(v) for v in strategy.grid_space().values()))
 
 
+def secret_free(e: BaseException | str, cfg: DictConfig) -> str:
+    """An error as text fit to store: URL passwords and the judge's API key redacted first,
+    then cut (a key cut in half would no longer be found)."""
+    text = redact(e if isinstance(e, str) else f"{type(e).__name__}: {e}")
+    key_env = cfg.judge.get("api_key_env")
+    if key_env and (key := os.environ.get(key_env, "").strip()):
+        text = text.replace(key, "***")
+    return text[:2000]
+
+
 def _evaluate(
     runner: rn.Runner, setup: rn.Setup, steers: list[SteeringConfig], root: Path
 ) -> list[Any]:
@@ -136,12 +163,16 @@ def _evaluate(
     (its exception is returned in its place)."""
     try:
         return runner.evaluate(setup, steers, root)
+    except (InfraError, OSError):
+        raise  # not the configurations' fault: the caller gives the trials back
     except Exception as e:  # noqa: BLE001 - retried one by one, which reports
         log.warning("batched evaluation failed (%s); running trials one by one", e)
     out: list[Any] = []
     for s in steers:
         try:
             out += runner.evaluate(setup, [s], root)
+        except (InfraError, OSError):
+            raise
         except Exception as e:  # noqa: BLE001 - recorded as the trial's failure
             out.append(e)
     return out
