@@ -104,3 +104,39 @@ def test_a_judge_that_dies_mid_sweep_costs_no_budget(tmp_path, tiny_dir):
     finally:
         judge.release.set()
         judge.shutdown()
+
+
+def test_a_full_disk_stops_a_sweep_in_one_line_and_the_study_resumes(tmp_path, tiny_dir):
+    """paths.root on a 1.5 MB tmpfs: the sweep fills it, stops in one line; moved to a disk
+    with room, the same study resumes to its total."""
+    import shutil
+
+    import pytest
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    cache = tmp_path / "cache"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        args = [*tiny_args(disk, tiny_dir), f"paths.cache={cache}", "search.n_trials=40"]
+        full = subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        errors = [line for line in full.stderr.splitlines() if line.startswith("steerlab: error:")]
+        assert full.returncode == 2 and len(errors) == 1, full.stderr[-3000:]
+        assert "full" in errors[0] and "Traceback" not in full.stderr
+        shutil.copytree(disk / "multirun", tmp_path / "big" / "multirun")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    [db] = (tmp_path / "big").glob("multirun/**/optuna.db")
+    storage = f"sqlite:///{db}"
+    [name] = optuna.get_all_study_names(storage)
+    before = optuna.load_study(study_name=name, storage=storage)
+    n_done = len(before.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    assert 0 < n_done < 40
+    args = [*tiny_args(tmp_path / "big", tiny_dir), f"paths.cache={cache}", "search.n_trials=40"]
+    again = subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=REPO,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "40 trials done, 0 failed" in again.stdout

@@ -9,6 +9,7 @@ costs seconds) and its per-run link printing is silenced.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -33,6 +34,8 @@ def _quiet() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    # its store logs a traceback for every database error; steerlab reports them in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def store_of(cfg: DictConfig) -> Store:
@@ -327,6 +330,16 @@ def vector_path(client: Any, trial: Trial, sweep: Sweep) -> str | None:
         return trial.vector
     meta = read_artifact(client, sweep.run_id, sweep.artifact_uri, "vector.json")
     return meta.get("path") if isinstance(meta, dict) else None
+
+
+def run_exists(store: Store, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(store).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def close_orphans(store: Store, parent_run_id: str, running: set[int]) -> int:

@@ -9,6 +9,7 @@ Pareto frontier at the end).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from steerlab import records, tracking
 from steerlab import runner as rn
@@ -35,6 +37,8 @@ from steerlab.search.pareto import frontier, plot_frontier, plot_heatmap
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
 
 log = logging.getLogger("steerlab.sweeper")
+# failures of the world around a study (judge, disk, database): never the trial's own fault
+INFRA = (InfraError, OSError, optuna.exceptions.StorageInternalError, SQLAlchemyError)
 OWN_STATE = ("adaptive", "cmaes_ensemble")  # samplers that keep their own (single) objective
 POLL = 2.0  # seconds between looks at other workers' trials in flight
 
@@ -112,10 +116,11 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                         not_logged.append(t.number)
                     strategy.tell(study, t, scores, search.coherence_min, multi)
                     pending.remove(t)
-        except (InfraError, OSError) as e:  # judge down, disk full...: give the trials back
+        except INFRA as e:  # judge down, disk full...: give the trials back
             why = secret_free(e, cfg)
             for t in pending:
-                st.give_back(study, t, why)
+                with contextlib.suppress(*INFRA):  # an unwritable store: the next run's
+                    st.give_back(study, t, why)  # close_dead re-tries them instead
             log.error("stopped: %s; %d trial(s) given back to the study", why, len(pending))
             return Summary(
                 f"\n== stopped ({redact(label)}): {why}\n{len(pending)} trial(s) in flight were "
@@ -123,7 +128,11 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                 error=InfraError(f"{why} (the study resumes where it stopped)"),
             )
     trials = st.records(study, strategy, base, search.coherence_min)
-    summary = _finish(cfg, handle, trials, parent, sweep_dir, setup)
+    try:
+        summary = _finish(cfg, handle, trials, parent, sweep_dir, setup)
+    except INFRA as e:
+        why = secret_free(e, cfg)
+        return Summary(f"\n== {redact(label)}: {why}", error=InfraError(f"{why} (trials kept)"))
     if not_logged:
         summary.text += (
             f"\n{len(not_logged)} trial(s) not logged to MLflow ({not_logged}); their answers "
@@ -149,7 +158,13 @@ def _total(cfg: DictConfig, strategy: Strategy) -> int:
 def secret_free(e: BaseException | str, cfg: DictConfig) -> str:
     """An error as text fit to store: URL passwords and the judge's API key redacted first,
     then cut (a key cut in half would no longer be found)."""
-    text = redact(e if isinstance(e, str) else f"{type(e).__name__}: {e}")
+    if isinstance(e, BaseException):
+        causes = [e]
+        while (c := causes[-1].__cause__ or causes[-1].__context__) and len(causes) < 4:
+            causes.append(c)  # the root cause says what happened ("disk is full")
+        root = str(causes[-1]).strip().splitlines()[0] if str(causes[-1]).strip() else ""
+        e = f"{type(e).__name__}: {e}" + (f" (cause: {root})" if root and len(causes) > 1 else "")
+    text = redact(e)
     key_env = cfg.judge.get("api_key_env")
     if key_env and (key := os.environ.get(key_env, "").strip()):
         text = text.replace(key, "***")
@@ -163,7 +178,7 @@ def _evaluate(
     (its exception is returned in its place)."""
     try:
         return runner.evaluate(setup, steers, root)
-    except (InfraError, OSError):
+    except INFRA:
         raise  # not the configurations' fault: the caller gives the trials back
     except Exception as e:  # noqa: BLE001 - retried one by one, which reports
         log.warning("batched evaluation failed (%s); running trials one by one", e)
@@ -171,7 +186,7 @@ def _evaluate(
     for s in steers:
         try:
             out += runner.evaluate(setup, [s], root)
-        except (InfraError, OSError):
+        except INFRA:
             raise
         except Exception as e:  # noqa: BLE001 - recorded as the trial's failure
             out.append(e)
@@ -192,8 +207,13 @@ def _parent_run(cfg: DictConfig, handle: st.Handle, sweep_dir: Path) -> str | No
                 f"the study {handle.name!r} in {handle.url} has no MLflow parent run after "
                 f"{cfg.search.grace_period} s: its creator died while placing it; start again"
             )
-        _close_orphans(store, str(run_id), study)
-        return str(run_id)
+        if tracking.run_exists(store, str(run_id)):
+            _close_orphans(store, str(run_id), study)
+            return str(run_id)
+        log.warning(
+            "the study's MLflow parent run %s is not in %s (a moved or new store): a new one "
+            "is made", run_id, tracking.tracking_uri(store),
+        )  # fmt: skip
     tags = {
         records.KIND: "sweep",
         "steerlab.sweep_dir": str(sweep_dir),
