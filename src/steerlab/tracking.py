@@ -8,6 +8,7 @@ costs seconds) and its per-run link printing is silenced.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -50,14 +51,32 @@ def tracking_uri(store: Store) -> str:
 
 
 def client(store: Store) -> Any:
-    """An MlflowClient on this store (creating a local store's folder)."""
+    """An MlflowClient on this store (creating a local store's folder and database once)."""
     _quiet()
     import mlflow
 
     if isinstance(store, Path):
-        (store / "mlruns").mkdir(parents=True, exist_ok=True)
+        _create_local(tracking_uri(store))
     mlflow.set_tracking_uri(tracking_uri(store))
     return mlflow.MlflowClient(tracking_uri(store))
+
+
+@functools.cache
+def _create_local(uri: str) -> None:
+    """Create (migrate) a local sqlite store under a file lock, once per process: workers that
+    start together on a new root would otherwise run MLflow's migrations at the same time."""
+    import fcntl
+
+    import mlflow
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".create.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def check_store(store: Store) -> None:
