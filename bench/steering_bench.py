@@ -20,8 +20,8 @@ JSON line as it finishes (--parts picks them):
           difference): steered vs steered must be under --tol, and a deliberately unsteered
           compiled run against eager steered must be over it;
   big     --batch rows (K configs x questions, steered) tok/s, eager vs compiled;
-  sweep   a 40-trial sweep's batches (20 questions, baseline + 40 x 20 rows, batches of 32, 128
-          new tokens): graphs compiled and tok/s;
+  sweep   a 40-trial sweep's batches (the evil trait's 20 steering questions: baseline + 40 x 20
+          rows, batches of 32, 128 new tokens, EOS on): graphs compiled, and tok/s after them;
   plain   the same big batch through an engine without steering sites (overhead denominator);
   capture teacher-forced capture tokens/s (all layers), by rows vs by token budget.
 It ends with one line `decode_ms_b1=... roofline_pct=... b<batch>_tok_s=... speedup_vs_eager=...
@@ -171,7 +171,7 @@ def report(m: LoadedModel, a: argparse.Namespace) -> None:  # noqa: C901 (one pa
             tok_s=a.batch * n / res["eager_big_s"],
         )
 
-    eng = engine_for(m, cuda, a.batch)
+    eng = engine_for(m, cuda, max(a.batch, 32))  # also the sweep's engine (batches of 32)
     kw = dict(max_new_tokens=8 + n, suppress=eos, keep_logits=True)
     if "b1" in parts or "logits" in parts:
         t = time.perf_counter()
@@ -249,6 +249,7 @@ def report(m: LoadedModel, a: argparse.Namespace) -> None:  # noqa: C901 (one pa
         first = time.perf_counter() - t
         res["big_s"] = timed(lambda: run(kind, big_prompts, big_rows, n), a.repeats)
         res["big_tok_s"] = a.batch * n / res["big_s"]
+        res["big_step_ms"] = eng.timing["decode_ms"] / eng.timing["decode_steps"]
         res["speedup"] = res["eager_big_s"] / res["big_s"]
         emit(
             what="big",
@@ -280,17 +281,20 @@ def report(m: LoadedModel, a: argparse.Namespace) -> None:  # noqa: C901 (one pa
         before, graphs0 = eng.compiles, counters["stats"]["unique_graphs"]
         cfg = GenConfig(128, batch_size=32, engine=kind)
         t = time.perf_counter()
-        base = generate(m, qp, cfg)
+        base = generate(m, qp, cfg)  # the baseline: the bucket's first batch, so it compiles
+        t_base = time.perf_counter() - t
+        t = time.perf_counter()
         sweep = generate(m, [p for _ in trials for p in qp], cfg, [c for c in trials for _ in qp])
         dt = time.perf_counter() - t
-        toks = sum(len(s.response_ids) for s in base + sweep)
+        toks = sum(len(s.response_ids) for s in sweep)
         res["compiles"] = eng.compiles - before
         emit(
             what="sweep",
             rows=len(base) + len(sweep),
-            batches=math.ceil(len(qp) / 32) + 25,
-            s=dt,
-            tok_s=toks / dt,
+            batches=math.ceil(len(qp) / 32) + math.ceil(len(sweep) / 32),
+            baseline_s_with_compile=t_base,
+            trials_s=dt,
+            trials_tok_s=toks / dt,
             compiles=res["compiles"],
             dynamo_graphs=counters["stats"]["unique_graphs"] - graphs0,
             widths=[min(map(len, qp)), max(map(len, qp))],
@@ -303,7 +307,6 @@ def report(m: LoadedModel, a: argparse.Namespace) -> None:  # noqa: C901 (one pa
         plain.generate(big_prompts, None, **kwp)
         first = time.perf_counter() - t
         res["plain_s"] = timed(lambda: plain.generate(big_prompts, None, **kwp), a.repeats)
-        plain.close()
         out = dict(
             what="plain",
             rows=a.batch,
@@ -311,9 +314,14 @@ def report(m: LoadedModel, a: argparse.Namespace) -> None:  # noqa: C901 (one pa
             s=res["plain_s"],
             tok_s=a.batch * n / res["plain_s"],
         )
+        out["decode_ms_step"] = plain.timing["decode_ms"] / plain.timing["decode_steps"]
+        out["prefill_ms"] = plain.timing["prefill_ms"]
         if "big_s" in res:
             res["overhead"] = res["big_s"] / res["plain_s"]
             out["steering_overhead"] = res["overhead"]
+            out["steered_decode_ms_step"] = res["big_step_ms"]
+            out["decode_step_overhead"] = res["big_step_ms"] / out["decode_ms_step"]
+        plain.close()
         emit(**out)
     if "capture" in parts:
         from steerlab.capture import capture
