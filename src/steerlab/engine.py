@@ -445,7 +445,7 @@ class Engine:
 def engine_for(model: LoadedModel, compile: bool | str, max_batch: int) -> Engine:
     """The model's engine, built on first use (kept on the model, so a sweep compiles once)."""
     eng: Engine | None = getattr(model.model, "_steerlab_engine", None)
-    want = next_pow2(max(max_batch, 1))
+    want = next_pow2(max(max_batch, 64))  # >= 64 rows: smaller batches never rebuild it
     if eng is not None and (eng._closed or eng.compile != compile or eng.max_batch < want):
         eng.close()
         eng = None
