@@ -23,6 +23,7 @@ class ModelConfig:
     dtype: str = "auto"
     device: str = "auto"
     arch: dict[str, str] = field(default_factory=dict)  # layers / attn_out / mlp_out overrides
+    engine: str = "auto"  # steered generation: auto (compiled on CUDA) | eager | compiled
 
 
 @dataclass

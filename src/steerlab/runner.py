@@ -53,6 +53,7 @@ def check(cfg: DictConfig) -> None:
         ("steering.component", COMPONENTS, cfg.steering.component),
         ("steering.coef_units", ("relative", "absolute"), cfg.steering.coef_units),
         ("combine.strategy", (None, *STRATEGIES), cfg.combine.strategy),
+        ("model.engine", ("auto", "eager", "compiled", "static"), cfg.model.engine),
     ):
         if value not in allowed:
             valid = ", ".join(str(a) for a in allowed if a is not None)
@@ -240,7 +241,11 @@ class Runner:
         vectors = load_vectors(vpath, shape)
         if vectors.meta.get("trait", trait.name) != trait.name:  # allowed: cross-trait steering
             log.warning("%s is a %r vector; judged as %r", vpath, vectors.meta["trait"], trait.name)
-        gen = GenConfig(cfg.steering.max_new_tokens, batch_size=cfg.steering.batch_size)
+        gen = GenConfig(
+            cfg.steering.max_new_tokens,
+            batch_size=cfg.steering.batch_size,
+            engine=cfg.model.engine,
+        )
         questions = ev.steering_questions(trait, cfg.steering.n_questions)
         cmin = float(cfg.search.coherence_min)
         base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cmin)
