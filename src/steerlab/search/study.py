@@ -68,7 +68,7 @@ def study_settings(cfg: DictConfig) -> dict[str, str]:
 
     return flatten(
         {
-            "model": part("model", ()),
+            "model": part("model", ("engine",)),  # how fast, not what: same tokens
             "trait": part("trait", ()),
             "extraction": part("extraction", SPEED),
             "position": position_of(cfg),
