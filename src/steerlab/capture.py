@@ -94,7 +94,7 @@ def capture(
         range(n), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids)
     )
     sink: dict[tuple[int, str], torch.Tensor] = {}
-    bar = tqdm(total=n, desc="capture", leave=False, disable=n <= batch_size)
+    bar = tqdm(total=n, desc="capture activations", leave=False, disable=n == 0)
     with torch.inference_mode(), _recording(model, components, sink):
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]

@@ -116,8 +116,8 @@ def generate(
         torch.manual_seed(cfg.seed)
     own = bar is None
     if own:
-        quiet = len(prompts) <= cfg.batch_size
-        bar = tqdm(total=len(prompts), desc=desc, leave=False, disable=quiet)
+        # shown even for one batch: a slow model's single generate says what it is doing
+        bar = tqdm(total=len(prompts), desc=desc, leave=False, disable=not prompts)
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
         ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id)
@@ -164,7 +164,7 @@ def cached_generate(
         initial=len(prompts) - len(todo),
         desc=desc,
         leave=False,
-        disable=len(todo) <= cfg.batch_size,
+        disable=not todo,
     )
     for start in range(0, len(todo), cfg.batch_size * 4):  # persist every few batches
         chunk = todo[start : start + cfg.batch_size * 4]

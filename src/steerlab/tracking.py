@@ -33,20 +33,16 @@ BEST_TAG = "steerlab.best"  # "true" on the child run of the sweep's best valid 
 # a plain visit shows the browser's own last view)
 VIEW_KEY = "steerlab"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-VIEW_COLUMNS = (
+VIEW_COLUMNS = (  # a trial's scores and flag; the parent's best trial (its page has the rest)
     "metrics.`objective`",
     "metrics.`trait`",
     "metrics.`coherence`",
     "metrics.`delta`",
     "metrics.`valid`",
     "tags.`steerlab.best`",
-    "metrics.`baseline_trait`",
     "tags.`best.trial`",
     "tags.`best.layer`",
     "tags.`best.coef`",
-    "metrics.`best_trait`",
-    "metrics.`best_coherence`",
-    "metrics.`best_delta`",
 )
 
 
@@ -284,8 +280,9 @@ def runs_view(store: Store, experiment: str, parent_run_id: str, searched: list[
         old = json.loads(exp.tags.get(VIEW_TAG, "{}"))
     except ValueError:
         old = {}
-    params = [f"params.`steering.{k}`" for k in searched]
-    columns = list(dict.fromkeys([*old.get("selectedColumns", []), *VIEW_COLUMNS, *params]))
+    params = [c for c in old.get("selectedColumns", []) if c.startswith("params.")]
+    params += [f"params.`steering.{k}`" for k in searched]  # the experiment's other sweeps' too
+    columns = list(dict.fromkeys([*VIEW_COLUMNS, *params]))
     expanded = {**old.get("runsExpanded", {}), parent_run_id: True}
     state = {
         "selectedColumns": columns,

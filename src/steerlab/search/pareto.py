@@ -55,7 +55,7 @@ def frontier_figure(
     """Trait against coherence: valid trials, invalid ones (x, in the shaded region left of
     the threshold), the Pareto frontier and the best valid trial."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
     valid = [t for t in trials if t.valid]
     invalid = [t for t in trials if not t.valid]
     lo = min([0.0, *(t.coherence for t in trials)])
@@ -104,7 +104,7 @@ def frontier_figure(
     ax.set_xlabel("mean coherence")
     ax.set_ylabel("mean trait score")
     ax.set_title(f"trait vs coherence, {len(trials)} trials", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -124,6 +124,7 @@ def layer_coef_figure(trials: list[Trial], threshold: float, best: Trial | None)
     has a single layer (ensembles)."""
     plt = _pyplot()
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     single = [t for t in trials if t.layer is not None and t.coef is not None]
     if not single:
@@ -163,6 +164,9 @@ def layer_coef_figure(trials: list[Trial], threshold: float, best: Trial | None)
         ax.set_title(f"mean {key} (colour)", fontsize=10)
         ax.set_xlabel("layer")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="both")
         if sc is not None:
             fig.colorbar(sc, ax=ax)
