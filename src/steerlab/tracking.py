@@ -177,13 +177,13 @@ def run(
         }
     )
     if span and not run_id:  # created with its start time, then resumed by the fluent API
+        from mlflow.tracking.context.registry import resolve_tags  # source, user, git: as fluent
+
+        parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
         made = c.create_run(
             kwargs["experiment_id"],
             start_time=int(span[0] * 1000),
-            tags={
-                **kwargs["tags"],
-                **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {}),
-            },
+            tags=resolve_tags({**kwargs["tags"], **parent}),
             run_name=name,
         )
         kwargs = {"run_id": made.info.run_id}

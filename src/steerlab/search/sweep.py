@@ -331,15 +331,16 @@ def _finish(
 
 def _ui_hint(cfg: DictConfig, parent: str, view: str) -> str:
     """Where to look: every trial in the MLflow runs table (steerlab's shared view) and this
-    study's parent run, on a tracking server's own URL or `make ui` on the local store."""
+    study's parent run, on a tracking server's own URL or `make ui` on the store."""
     store = tracking.store_of(cfg)
-    exp = view.split("/")[2]
+    exp = tracking.experiment_id(store, tracking.experiment_name(cfg))
     run = f"#/experiments/{exp}/runs/{parent}?workflowType=machine_learning"
-    if isinstance(store, str):
-        base, how = store.rstrip("/"), "MLflow:"
+    if isinstance(store, str) and store.startswith(("http://", "https://")):
+        base, how = redact(store).rstrip("/"), "MLflow:"
     else:
-        root = "" if store == Path.cwd().resolve() else f" ROOT={store}"
-        base, how = "http://127.0.0.1:5000", f"MLflow: make ui{root}, then open"
+        where = f" STORE={redact(store)}" if isinstance(store, str) else f" ROOT={store}"
+        where = "" if store == Path.cwd().resolve() else where
+        base, how = "http://127.0.0.1:5000", f"MLflow: make ui{where}, then open"
     return (
         f"{how}\n  {base}/{view}  (every trial: scores, valid, best)\n"
         f"  {base}/{run}  (this study: best trial, Pareto plot, layer x coef map)"
