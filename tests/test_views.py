@@ -74,6 +74,16 @@ def test_an_invalid_trial_ranks_below_every_valid_one_in_the_storage():
     assert study.best_trial.number == best.number  # Optuna's own, constraint-aware, agrees
 
 
+def test_gp_is_told_the_trait_itself():
+    """GP models the value as a smooth function; the constraint has a model of its own."""
+    s = Strategy(_search(sampler="gp"), [0, 1, 2])
+    study = optuna.create_study(direction="maximize")
+    [t] = s.propose(study, 1)
+    s.tell(study, t, {"trait": 95.0, "coherence": 20.0}, 70.0)
+    [done] = study.trials
+    assert done.value == 95.0 and done.system_attrs["constraints"] == [50.0]
+
+
 def test_rounded_metrics():
     got = tracking.rounded({"trait": 43.97000000001, "best_coef": 0.048812345, "n": 3, "x": None})
     assert got == {"trait": 43.97, "best_coef": 0.04881, "n": 3.0}
