@@ -328,6 +328,12 @@ class OfflineJudge:
             tmodel = self.trait_model(trait.name, rows) if rows else None
             many = len(answers) >= BAR_MIN  # e.g. every elicited answer: a bar per pass
             desc = f"judge {trait.name}: {len(answers)} answers" if many else None
+            if many:
+                log.info(
+                    "offline judge: scoring %d %s answers (embeddings, then the LM's likelihood)",
+                    len(answers),
+                    trait.name,
+                )
             results = self._score_batch(tmodel, self.coherence_model(), questions, answers, desc)
         out = [JudgeScore(0.0, 0.0, "; ".join(n)) for n in notes]
         for (t, c, err), i in zip(results, live, strict=True):

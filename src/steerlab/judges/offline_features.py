@@ -93,30 +93,18 @@ class Encoder:
 
     def encode(self, texts: Sequence[str], desc: str | None = None) -> np.ndarray:
         """Unit-norm embeddings of `texts`, in batches; duplicates are encoded once. `desc`:
-        label of a progress bar over the texts (shown when there are several batches)."""
-        from tqdm.auto import tqdm
-
+        show sentence-transformers' progress bar ("Batches") when there are several batches
+        (one call either way, so the batches and the embeddings do not change)."""
         uniq = list(dict.fromkeys(texts))
         if not uniq:
             return np.zeros((0, EMBED_DIM), dtype=np.float32)
-        step = self.batch_size * 4
-        parts = []
-        with tqdm(
-            total=len(uniq), desc=desc, leave=False, disable=desc is None or len(uniq) <= step
-        ) as bar:
-            for start in range(0, len(uniq), step):
-                chunk = uniq[start : start + step]
-                parts.append(
-                    self.model.encode(
-                        chunk,
-                        batch_size=self.batch_size,
-                        normalize_embeddings=True,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
-                )
-                bar.update(len(chunk))
-        emb = np.concatenate(parts)
+        emb = self.model.encode(
+            uniq,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=desc is not None and len(uniq) > self.batch_size,
+        )
         row = {t: i for i, t in enumerate(uniq)}
         return np.asarray(emb, dtype=np.float32)[[row[t] for t in texts]]
 
