@@ -59,6 +59,7 @@ class HFJudgeConfig:
     backend: str = "hf"
     model: str = ""  # empty: the judge's default model
     batch_size: int = 16
+    batch_tokens: int | None = -1  # tokens per batch; -1: a budget on CUDA only, None: none
     min_mass: float = 0.25
     max_tokens: int = 3
     prompts: dict[str, str] = field(default_factory=dict)  # trait, coherence, relevance

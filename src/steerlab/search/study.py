@@ -52,7 +52,16 @@ READY = "ready"  # study user attr: placed (settings, first tries, parent run) b
 WORKER = "worker"  # trial user attr: "<host>:<pid>" of the process evaluating it
 ERROR = "error"  # trial user attr: why a trial failed by itself (it counts toward n_trials)
 LEGACY_NAME = "steerlab"  # the study name sqlite files of earlier versions hold
-SPEED = ("batch_size", "concurrency", "max_retries", "backoff", "timeout", "breaker", "deadline")
+SPEED = (
+    "batch_size",
+    "batch_tokens",
+    "concurrency",
+    "max_retries",
+    "backoff",
+    "timeout",
+    "breaker",
+    "deadline",
+)
 NOT_SETTINGS = ("n_trials", "enqueue", "options", "storage", "heartbeat_interval", "grace_period")
 # settings saved by earlier versions under other names; keys they saved that no longer exist
 # (e.g. the offline judge's unused `judge.model`) cannot differ now and are not compared
