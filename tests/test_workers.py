@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from conftest import REPO, tiny_args
 
@@ -116,6 +117,7 @@ def finish(*procs: subprocess.Popen) -> list[str]:
 
 
 _STORAGES: dict[str, optuna.storages.BaseStorage] = {}
+POLL_ERRORS = (ValueError, KeyError, optuna.exceptions.StorageInternalError, SQLAlchemyError)
 
 
 def the_study(storage) -> optuna.Study:
@@ -171,7 +173,7 @@ def test_resume_and_restart_after_kill_never_replay(tmp_path, tiny_dir, cache):
             try:
                 if len(complete(the_study(storage))) >= 2:
                     break
-            except (ValueError, KeyError, optuna.exceptions.StorageInternalError):
+            except POLL_ERRORS:  # the worker is still creating the study's tables
                 pass
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # kill -9 in the middle of the sweep
@@ -220,7 +222,7 @@ def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, tiny_dir, cac
                     if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]  # fmt: skip
             if mine:
                 break
-        except ValueError:
+        except POLL_ERRORS:  # the workers are still creating the study's tables
             pass
         time.sleep(0.05)
     os.killpg(victim.pid, signal.SIGKILL)
