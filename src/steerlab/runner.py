@@ -44,6 +44,7 @@ def check(cfg: DictConfig) -> None:
     """Cheap checks with one-line errors, before any model loads."""
     from steerlab.data import load_trait
     from steerlab.models import COMPONENTS, ModelSpec, check_variants
+    from steerlab.vectors import check_units
 
     position_of(cfg)
     load_trait(cfg.trait.dir)
@@ -62,6 +63,7 @@ def check(cfg: DictConfig) -> None:
     for name, path in given:
         if not Path(path).expanduser().is_file():
             raise ConfigError(f"{name}={path}: no such vector file")
+        check_units(Path(path).expanduser(), cfg.steering.coef_units)  # imported: no norms
     lo, hi = cfg.search.coef_range
     if not 0 < lo <= hi:
         raise ConfigError(f"search.coef_range=[{lo}, {hi}] must satisfy 0 < lo <= hi")
