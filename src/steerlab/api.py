@@ -128,7 +128,7 @@ class Steering:
             have = self.vectors.layers
             raise LoadError(
                 "a vector file has no layer and coefficient of its own: give layer= and coef= "
-                f"(load(FILE, layer=..., coef=...) or .at(...); it has layers {have[0]}..{have[-1]})"
+                f"(load(FILE, layer=..., coef=...) or .at(...); layers {have[0]}..{have[-1]})"
             )
         return tuple(t.vectors.term(t.layer, t.coef, self.units) for t in self.terms)
 
@@ -238,7 +238,8 @@ def provenance(kind: str, ref: str | Path, vectors: TraitVectors, **more: Any) -
 
 
 def from_file(path: Path) -> Steering:
-    """A steerlab vector file (no terms yet) or an exported file (its terms, absolute)."""
+    """A steerlab vector file (no terms yet; units: the file's default, relative unless it was
+    imported without norms) or an exported file (its terms, absolute)."""
     from steerlab import portable
     from steerlab.vectors import VectorFileError, load_vectors
 
@@ -249,7 +250,9 @@ def from_file(path: Path) -> Steering:
         raise VectorFileError(f"{path}: not a safetensors file ({e})") from None
     if exported is None:
         vecs = load_vectors(path)
-        return Steering(vecs, provenance=provenance("file", path, vecs, vector_files=[str(path)]))
+        prov = provenance("file", path, vecs, vector_files=[str(path)])
+        units = vecs.meta.get("coef_units_default", "relative")  # imports: absolute
+        return Steering(vecs, units=units if units in UNITS else "relative", provenance=prov)
     return from_exported(path, exported)
 
 

@@ -91,19 +91,28 @@ def read_persona(path: Path) -> dict[int, torch.Tensor]:
     return {la - 1: t[la].float() for la in range(1, t.shape[0])}
 
 
-def measure_norms(model: LoadedModel, component: str = "residual") -> list[float]:
-    """Each layer's median token activation norm on shipped-trait texts, as capture measures
-    it (the unit of relative coefficients)."""
-    from steerlab.capture import capture
+def norm_texts(model: LoadedModel) -> list[list[int]]:
+    """Token ids of the texts norms are measured on: the shipped traits' extraction questions
+    as chat prompts and their natural prefixes as plain text (what the pipeline feeds)."""
     from steerlab.data import TRAITS_DIR, load_trait
-    from steerlab.generation import Sample, prompt_ids
-    from steerlab.positions import Position
+    from steerlab.generation import prompt_ids
 
     traits = [load_trait(d) for d in sorted(p.parent for p in TRAITS_DIR.glob("*/trait.yaml"))]
     questions = [q for t in traits for q in t.questions][:N_NORM_TEXTS]
     prefixes = [s for t in traits for pair in t.natural for s in pair][:N_NORM_TEXTS]
-    samples = [Sample(prompt_ids(model, q), [], q) for q in questions]
-    samples += [Sample(prompt_ids(model, s, chat=False), [], s) for s in prefixes]
+    return [prompt_ids(model, q) for q in questions] + [
+        prompt_ids(model, s, chat=False) for s in prefixes
+    ]
+
+
+def measure_norms(model: LoadedModel, component: str = "residual") -> list[float]:
+    """Each layer's median token activation norm on `norm_texts`, as capture measures it (the
+    unit of relative coefficients)."""
+    from steerlab.capture import capture
+    from steerlab.generation import Sample
+    from steerlab.positions import Position
+
+    samples = [Sample(ids, [], "") for ids in norm_texts(model)]
     return capture(model, samples, [Position("all")], [component], batch_size=16).norms[component]
 
 
