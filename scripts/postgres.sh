@@ -30,7 +30,7 @@ case $cmd in
     fi
     if ! as_owner "$bindir/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
       as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
     fi
     for db in steerlab mlflow; do
       as_owner "$bindir/psql" -h 127.0.0.1 -p "$port" -U steerlab -d postgres -tAc \

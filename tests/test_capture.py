@@ -95,3 +95,22 @@ def test_empty_windows_are_flagged_invalid(llama, spec):
     s = Sample(prompt_ids(llama, "hey"), [], "")
     cap = capture(llama, [s], [parse_position(spec)])
     assert not bool(cap.valid[0, 0])
+
+
+def test_token_budget_batches_match_fixed_rows(model):
+    samples = _samples(model)
+    one = capture(model, samples, POSITIONS, COMPONENTS, batch_size=1, batch_tokens=None)
+    budget = capture(model, samples, POSITIONS, COMPONENTS, batch_size=1, batch_tokens=10_000)
+    for comp in COMPONENTS:
+        torch.testing.assert_close(budget.means[comp], one.means[comp], atol=1e-4, rtol=1e-4)
+        assert budget.norms[comp] == pytest.approx(one.norms[comp], rel=1e-4)
+    assert torch.equal(budget.valid, one.valid)
+
+
+def test_length_batches():
+    from steerlab.generation import length_batches
+
+    lengths = [5, 1, 9, 3, 7]
+    assert length_batches(lengths, 2) == [[1, 3], [0, 4], [2]]
+    assert length_batches(lengths, 1, batch_tokens=15) == [[1, 3, 0], [4], [2]]
+    assert length_batches(lengths, 2, batch_tokens=4) == [[1, 3], [0, 4], [2]]

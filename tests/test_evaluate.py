@@ -215,17 +215,17 @@ def test_judge_sees_complete_sentences_once_each(model, configs, tmp_path):
     assert len(judge.seen) == n
 
 
-def test_a_judge_that_scores_nothing_gives_nan_means_and_invalid(model, configs, tmp_path):
+def test_a_judge_that_scores_nothing_is_an_error_not_a_nan_result(model, configs, tmp_path):
+    """No score for any answer is the judge's failure (InfraError: the trials are given back),
+    never a NaN trait or coherence that would reach MLflow as a number."""
+    from steerlab.errors import InfraError
+
     trait = bare_trait()
-    base = baseline(model, BlankJudge(), trait, QUESTIONS, GEN, tmp_path)
-    (res,) = evaluate(
-        model, BlankJudge(), trait, [configs["strong"]], QUESTIONS, GEN, tmp_path, base
-    )
-    for r in (base, res):
-        assert math.isnan(r.trait) and math.isnan(r.coherence)
-        assert r.valid is False
-        assert [row["note"] for row in r.rows] == ["no score"] * len(QUESTIONS)
-    assert math.isnan(res.delta)
+    with pytest.raises(InfraError, match=f"scored none of {len(QUESTIONS)} answers.*no score"):
+        baseline(model, BlankJudge(), trait, QUESTIONS, GEN, tmp_path)
+    base = baseline(model, RuleJudge(), trait, QUESTIONS, GEN, tmp_path)
+    with pytest.raises(InfraError, match="scored none"):
+        evaluate(model, BlankJudge(), trait, [configs["strong"]], QUESTIONS, GEN, tmp_path, base)
 
 
 def test_steering_questions_takes_the_first_n():

@@ -171,11 +171,14 @@ def test_retries_429_and_500_with_growing_backoff_then_scores(serve):
 
 def test_always_failing_endpoint_raises_naming_url_and_status(serve):
     srv = serve(lambda n, body: (503, {"error": "down"}))
-    with pytest.raises(JudgeEndpointError) as e:
-        judge(srv.url, max_retries=2).score(TRAIT, [("Q?", "A."), ("Q2?", "B.")])
+    with pytest.raises(JudgeEndpointError) as e:  # breaker out of reach: every retry runs
+        judge(srv.url, max_retries=2, breaker=100).score(TRAIT, [("Q?", "A."), ("Q2?", "B.")])
     msg = str(e.value)
     assert f"{srv.url}/chat/completions" in msg and "HTTP 503" in msg and "3 attempts" in msg
     assert len(srv.calls) == 4 * 3  # 2 answers x (trait, coherence) x 3 attempts
+    with pytest.raises(JudgeEndpointError, match="8 attempts in a row failed, the last: HTTP 503"):
+        judge(srv.url, max_retries=2).score(TRAIT, [("Q?", "A."), ("Q2?", "B.")])
+    assert len(srv.calls) == 12 + 8  # the default breaker stops at 8 failed attempts in a row
 
 
 def test_connection_refused_raises_naming_url():
@@ -276,6 +279,52 @@ def test_api_key_is_sent_but_never_leaked(serve, monkeypatch):
         j.score(TRAIT, [("Q?", "BAD")])
     for text in (j.identity, repr(j), str(vars(j)), str(e.value), out[1].note):
         assert SECRET not in text
+
+
+def test_an_error_body_echoing_the_key_is_redacted_before_it_is_cut(serve, monkeypatch):
+    """The note keeps 200 characters of the body: cutting first would leave part of the key."""
+    monkeypatch.setenv("STEERLAB_TEST_JUDGE_KEY", SECRET)
+    body = "x" * 185 + f" key {SECRET} was refused"  # the key straddles character 200
+    srv = serve(lambda n, b: (400, body.encode()))
+    with pytest.raises(JudgeEndpointError) as e:
+        judge(srv.url).score(TRAIT, [("Q?", "A.")])
+    for k in range(len(SECRET) - 5):  # no 6-character piece of the key survives
+        assert SECRET[k : k + 6] not in str(e.value)
+    assert "HTTP 400" in str(e.value)
+
+
+def test_an_endpoint_that_never_answers_fails_in_bounded_time():
+    """Accepts connections, never answers: the breaker stops after the first wave of timeouts,
+    not after every prompt's retries (was prompts / concurrency x attempts x timeout)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    pairs = [(f"Q{i}?", f"A{i}.") for i in range(40)]  # 80 prompts
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(JudgeEndpointError) as e:
+            judge(url, timeout=1.0, concurrency=4, max_retries=5).score(TRAIT, pairs)
+    finally:
+        stop.set()
+        listener.close()
+        for c in held:
+            c.close()
+    elapsed = time.monotonic() - t0
+    assert elapsed < 6.0, elapsed  # ~2 timeouts; the old path took 80/4 x 6 x 1 s
+    assert url in str(e.value) and "timeout" in str(e.value)
 
 
 def test_identity_tracks_endpoint_model_and_prompts():

@@ -48,6 +48,19 @@ def postgres():
     subprocess.run([str(REPO / "scripts" / "postgres.sh"), "stop", str(folder)], timeout=60)
 
 
+@pytest.fixture
+def pg_url(postgres, request) -> str:
+    """A fresh database of that server for one test: studies of other tests never meet."""
+    import psycopg
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
+    admin = f"host=127.0.0.1 port={postgres['port']} user=steerlab dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name}")
+        c.execute(f"CREATE DATABASE {name}")
+    return postgres["url"].rsplit("/", 1)[0] + f"/{name}"
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(postgres, tmp_path_factory):
     """`make mlflow-server`: MLflow over the PostgreSQL store, artifacts proxied."""
@@ -102,7 +115,14 @@ def finish(*procs: subprocess.Popen) -> list[str]:
     return outs
 
 
-def the_study(storage: str) -> optuna.Study:
+_STORAGES: dict[str, optuna.storages.BaseStorage] = {}
+
+
+def the_study(storage) -> optuna.Study:
+    """The one study of a storage (one storage object per URL: polling must not open a new
+    connection pool each time)."""
+    if isinstance(storage, str):
+        storage = _STORAGES.setdefault(storage, optuna.storages.get_storage(storage))
     [summary] = optuna.get_all_study_summaries(storage)
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
@@ -171,12 +191,12 @@ def test_resume_and_restart_after_kill_never_replay(tmp_path, tiny_dir, cache):
 
 
 def test_three_workers_share_a_postgres_study_and_an_mlflow_server(
-    tmp_path, tiny_dir, cache, postgres, mlflow_server
+    tmp_path, tiny_dir, cache, pg_url, mlflow_server
 ):
-    extra = [f"search.storage={postgres['url']}", f"tracking.uri={mlflow_server}",
+    extra = [f"search.storage={pg_url}", f"tracking.uri={mlflow_server}",
              "search.n_trials=9", "tracking.experiment=three-workers"]  # fmt: skip
     outs = finish(*(start(tmp_path, tiny_dir, cache, *extra, worker=i) for i in range(3)))
-    study = the_study(postgres["url"])
+    study = the_study(pg_url)
     done = complete(study)
     assert len(done) == 9 and len(set(params_of(done))) == 9
     assert study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) == []
@@ -184,11 +204,10 @@ def test_three_workers_share_a_postgres_study_and_an_mlflow_server(
     assert len(workers) >= 2, workers  # the work was shared
     assert all("9 trials done" in out for out in outs)
     check_runs(mlflow_server, 9)
-    optuna.delete_study(study_name=study.study_name, storage=postgres["url"])
 
 
-def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, tiny_dir, cache, postgres):
-    extra = [f"search.storage={postgres['url']}", "search.n_trials=9",
+def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, tiny_dir, cache, pg_url):
+    extra = [f"search.storage={pg_url}", "search.n_trials=9",
              "steering.max_new_tokens=24"]  # fmt: skip
     procs = [start(tmp_path, tiny_dir, cache, *extra, worker=i) for i in range(3)]
     victim = procs[0]
@@ -196,7 +215,7 @@ def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, tiny_dir, cac
     study = None
     while time.time() < deadline:  # kill worker 0 while it has a batch in flight
         try:
-            study = the_study(postgres["url"])
+            study = the_study(pg_url)
             mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                     if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]  # fmt: skip
             if mine:
@@ -207,7 +226,7 @@ def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, tiny_dir, cac
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     finish(*procs[1:])
-    study = the_study(postgres["url"])
+    study = the_study(pg_url)
     done = complete(study)
     assert len(done) == 9 and len(set(params_of(done))) == 9
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
@@ -215,7 +234,6 @@ def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, tiny_dir, cac
     sampled = [t for t in failed if t.params]  # a kill inside `ask` leaves a trial without any
     assert set(params_of(sampled)) <= set(params_of(done))  # re-tried by the others
     assert study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) == []
-    optuna.delete_study(study_name=study.study_name, storage=postgres["url"])
 
 
 def test_two_workers_on_a_journal_file(tmp_path, tiny_dir, cache):
@@ -232,9 +250,9 @@ def test_two_workers_on_a_journal_file(tmp_path, tiny_dir, cache):
 
 
 def test_a_worker_with_other_settings_or_no_database_is_refused_before_loading(
-    tmp_path, tiny_dir, cache, postgres
+    tmp_path, tiny_dir, cache, pg_url
 ):
-    base = [f"search.storage={postgres['url']}", "search.n_trials=1",
+    base = [f"search.storage={pg_url}", "search.n_trials=1",
             "tracking.experiment=refusal"]  # fmt: skip
     finish(start(tmp_path, tiny_dir, cache, *base))
     other = start(tmp_path / "b", tiny_dir, cache, *base, "steering.max_new_tokens=5")
@@ -250,8 +268,6 @@ def test_a_worker_with_other_settings_or_no_database_is_refused_before_loading(
     assert "127.0.0.1:1/steerlab" in errors[0] and "***" in errors[0]
     assert "s3cret" not in out and "Loading weights" not in out
     assert time.time() - t0 < 60
-    study = the_study(postgres["url"])
-    optuna.delete_study(study_name=study.study_name, storage=postgres["url"])
 
 
 def test_heartbeats_keep_a_remote_workers_trials_and_expire_a_dead_ones(tmp_path):

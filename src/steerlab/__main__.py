@@ -23,14 +23,21 @@ register()
 
 @hydra.main(config_path=CONF, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, float]:
+    from steerlab.config import redact
+    from steerlab.errors import InfraError
     from steerlab.runner import run_single
 
     try:
         return run_single(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ValueError, FileNotFoundError) as e:  # user-facing errors: one line, no traceback
-        print(f"steerlab: error: {e}", file=sys.stderr)
+    except (ValueError, InfraError, OSError) as e:  # input, service, disk: one line, exit 2
+        print(f"steerlab: error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
+    from steerlab.config import unknown_key
+
+    if why := unknown_key(sys.argv[1:]):  # before Hydra, whose message names no valid key
+        print(f"steerlab: error: {why}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -5,9 +5,9 @@ at compose time naming the valid keys. Registered in Hydra's ConfigStore by `reg
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -23,6 +23,7 @@ class ModelConfig:
     dtype: str = "auto"
     device: str = "auto"
     arch: dict[str, str] = field(default_factory=dict)  # layers / attn_out / mlp_out overrides
+    engine: str = "auto"  # steered generation: auto (compiled on CUDA) | eager | compiled
 
 
 @dataclass
@@ -146,6 +147,44 @@ def position_tag(position: Any, default: str) -> str:
         return parse_position(position if position is not None else default).tag
     except ValueError:  # reported with a clear message by the app's validation
         return "invalid"
+
+
+GROUPS = ("model", "trait", "extraction", "steering", "judge", "search", "tracking", "size")
+
+
+def unknown_key(overrides: list[str]) -> str | None:
+    """Why an override names a key no schema has (`steering.cof=0.2`, `+steering.cof=0.2`),
+    listing the valid keys of its node; None if every key exists. Hydra would say only that
+    the key is not in struct, and `+` would add it silently."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from steerlab.judges.config import SCHEMAS
+
+    args = [a for a in overrides if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except HydraException:
+        return None  # malformed: Hydra's own message says where
+    judge = next((str(o.value()) for o in parsed if o.key_or_group == "judge"), "offline")
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_delete() or key.startswith("hydra") or (key in GROUPS and "." not in key):
+            continue
+        node: Any = SteerlabConfig
+        path: list[str] = []
+        for part in key.split("."):
+            if path == ["judge"]:
+                node = SCHEMAS.get(judge)
+            if not (isinstance(node, type) and is_dataclass(node)):
+                break  # a dict, a list or Any: free-form below here
+            hints = get_type_hints(node)
+            if part not in hints or part.isupper():
+                valid = ", ".join(k for k in hints if not k.isupper())
+                where = ".".join(path) or "the config"
+                return f"unknown key {key!r}: {where} has {valid}"
+            node, path = hints[part], [*path, part]
+    return None
 
 
 def register() -> None:

@@ -7,6 +7,7 @@ delta is the trait mean minus the unsteered baseline's.
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from steerlab.errors import InfraError
 from steerlab.generation import GenConfig, cached_generate, generate, prompt_ids
 from steerlab.judges.base import Judge, JudgeScore, cached_scores
 
@@ -66,6 +68,13 @@ def _aggregate(
         for q, a, s in zip(questions, answers, scores, strict=True)
     ]
     trait, coh = _mean([s.trait for s in scores]), _mean([s.coherence for s in scores])
+    if not (math.isfinite(trait) and math.isfinite(coh)):  # never a NaN result
+        if not any(a.strip() for a in answers):
+            raise ValueError(
+                f"all {len(answers)} answers are empty: this steering breaks generation"
+            )
+        notes = "; ".join(sorted({s.note for s in scores if s.note}))[:300] or "no note"
+        raise InfraError(f"the judge scored none of {len(answers)} answers ({notes})")
     return Result(trait, coh, coh >= coherence_min, baseline, rows)
 
 

@@ -1,6 +1,10 @@
 """Batched generation with left padding, optional per-row steering, and an on-disk cache.
 
 Responses keep their exact token ids so capture can teacher-force them without re-tokenising.
+Two engines sit behind `generate`: `eager` (Hugging Face `generate` with `steering.steer` hooks,
+the reference, what CPU runs) and `compiled` (`steerlab.engine`: static KV cache and CUDA graphs,
+steered through buffers that exist before compiling); `auto` picks compiled on CUDA. `static` is
+the compiled engine's code run eagerly, on any device (how the tests check it against eager).
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ class GenConfig:
     seed: int = 0
     batch_size: int = 16
     ignore_eos: bool = False  # always generate max_new_tokens (fixed-length benchmarks)
+    engine: str = "auto"  # auto | eager | compiled | static (module docstring); not a cache key
+
+
+ENGINES = ("auto", "eager", "compiled", "static")
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,56 @@ def _stop_ids(model: LoadedModel) -> set[int]:
     return ids
 
 
+def _eos_ids(model: LoadedModel) -> list[int]:
+    """The generation config's EOS ids: what `min_new_tokens` suppresses in HF `generate`."""
+    eos = model.model.generation_config.eos_token_id
+    return [] if eos is None else list(eos) if isinstance(eos, list) else [eos]
+
+
+def engine_kind(engine: str, model: LoadedModel) -> str:
+    """The engine that runs: `auto` is compiled on CUDA and eager elsewhere."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "compiled" if model.device.type == "cuda" else "eager"
+    return engine
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
     width = max(len(s) for s in seqs)
     ids = [[pad_id] * (width - len(s)) + list(s) for s in seqs]
     mask = [[0] * (width - len(s)) + [1] * len(s) for s in seqs]
     return ids, mask
+
+
+GPU_BATCH_TOKENS = 16384  # padded tokens per teacher-forced forward on CUDA (capture, judges)
+
+
+def batch_tokens_for(model: LoadedModel, batch_tokens: int | None) -> int | None:
+    """-1 means the device's default: a token budget on CUDA, fixed row counts elsewhere."""
+    if batch_tokens == -1:
+        return GPU_BATCH_TOKENS if model.device.type == "cuda" else None
+    return batch_tokens
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, batch_tokens: int | None = None, max_rows: int = 1024
+) -> list[list[int]]:
+    """Indices in length order, cut into batches of `batch_size` rows; with `batch_tokens`, a
+    batch takes more rows while rows x its longest length stays within that budget."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        cur = batches[-1] if batches else None
+        fits = cur is not None and (
+            len(cur) < batch_size
+            or (batch_tokens is not None and (len(cur) + 1) * lengths[i] <= batch_tokens)
+        )
+        if fits and len(cur) < max_rows:
+            cur.append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def forward_inputs(model: LoadedModel, seqs: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
@@ -102,41 +155,65 @@ def generate(
     import torch
     from tqdm.auto import tqdm
 
-    from steerlab.steering import steer
-
     if steering is not None and len(steering) != len(prompts):
         raise ValueError(f"{len(steering)} steering rows for {len(prompts)} prompts")
+    kind = engine_kind(cfg.engine, model)
     tok, stop = model.tokenizer, _stop_ids(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[Sample | None] = [None] * len(prompts)
-    sampling = cfg.temperature > 0
-    if sampling:
+    if cfg.temperature > 0:
         torch.manual_seed(cfg.seed)
     bar = tqdm(total=len(prompts), desc=desc, leave=False, disable=len(prompts) <= cfg.batch_size)
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
-        ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id)
+        batch = [prompts[i] for i in idx]
         rows = [steering[i] for i in idx] if steering is not None else [()] * len(idx)
-        with torch.inference_mode(), steer(model, rows):
-            seqs = model.model.generate(
-                input_ids=torch.tensor(ids, device=model.device),
-                attention_mask=torch.tensor(mask, device=model.device),
+        if kind == "eager":
+            responses = _hf_batch(model, batch, rows, cfg)
+        else:
+            from steerlab.engine import engine_for
+
+            engine = engine_for(model, compile=kind == "compiled", max_batch=cfg.batch_size)
+            responses = engine.generate(
+                batch,
+                rows,
                 max_new_tokens=cfg.max_new_tokens,
-                min_new_tokens=cfg.max_new_tokens if cfg.ignore_eos else None,
-                do_sample=sampling,
-                temperature=cfg.temperature if sampling else None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tok.pad_token_id,
+                stop=sorted(stop),
+                suppress=_eos_ids(model) if cfg.ignore_eos else (),
+                temperature=cfg.temperature,
             )
-        for row, i in enumerate(idx):
-            resp = seqs[row, len(ids[0]) :].tolist()
+        for resp, i in zip(responses, idx, strict=True):
             cut = next((k for k, t in enumerate(resp) if t in stop), len(resp))
             resp = resp[:cut]
             out[i] = Sample(list(prompts[i]), resp, tok.decode(resp, skip_special_tokens=True))
         bar.update(len(idx))
     bar.close()
     return [s for s in out if s is not None]
+
+
+def _hf_batch(
+    model: LoadedModel, prompts: Sequence[Sequence[int]], rows: Sequence[Terms], cfg: GenConfig
+) -> list[list[int]]:
+    """One batch through Hugging Face `generate`, steered by `steer` hooks: the eager engine."""
+    import torch
+
+    from steerlab.steering import steer
+
+    sampling = cfg.temperature > 0
+    ids, mask = left_pad(prompts, model.tokenizer.pad_token_id)
+    with torch.inference_mode(), steer(model, rows):
+        seqs = model.model.generate(
+            input_ids=torch.tensor(ids, device=model.device),
+            attention_mask=torch.tensor(mask, device=model.device),
+            max_new_tokens=cfg.max_new_tokens,
+            min_new_tokens=cfg.max_new_tokens if cfg.ignore_eos else None,
+            do_sample=sampling,
+            temperature=cfg.temperature if sampling else None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=model.tokenizer.pad_token_id,
+        )
+    return seqs[:, len(ids[0]) :].tolist()
 
 
 def cached_generate(
@@ -146,8 +223,10 @@ def cached_generate(
     cache_dir: Path,
     desc: str = "generate",
 ) -> list[Sample]:
-    """Unsteered generation, cached per prompt set; resumes after an interruption."""
-    key = digest(model.ref, [list(p) for p in prompts], asdict(cfg))
+    """Unsteered generation, cached per prompt set; resumes after an interruption. The engine is
+    no part of the key: engines give the same answers up to floating-point rounding."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "engine"}
+    key = digest(model.ref, [list(p) for p in prompts], settings)
     store = JsonlStore(cache_dir / "responses" / f"{key}.jsonl")
     todo = store.missing(len(prompts))
     for start in range(0, len(todo), cfg.batch_size * 4):  # persist every few batches

@@ -60,6 +60,7 @@ class ModelSpec:
     dtype: str = "auto"
     device: str = "auto"
     arch: dict[str, str] = field(default_factory=dict)  # overrides: layers, attn_out, mlp_out
+    engine: str = "auto"  # generation engine (steerlab.generation): auto | eager | compiled
 
 
 @dataclass

@@ -76,5 +76,13 @@ def parse_position(spec: str | int) -> Position:
         return Position(m[1], index=int(m[2]))
     if m := _SLICE.match(text):
         to_int = lambda s: int(s) if s else None  # noqa: E731
-        return Position(m[1], to_int(m[2]), to_int(m[3]))
+        start, stop = to_int(m[2]), to_int(m[3])
+        if start is not None and stop is not None and (start < 0) == (stop < 0) and stop <= start:
+            raise PositionError(
+                f"position {spec!r} is an empty window ({start} >= {stop}: no token of any "
+                f"sample); valid: {EXAMPLES}"
+            )
+        if stop == 0:
+            raise PositionError(f"position {spec!r} selects no tokens; valid: {EXAMPLES}")
+        return Position(m[1], start, stop)
     raise PositionError(f"invalid position {spec!r}; valid: {EXAMPLES}")

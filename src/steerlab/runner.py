@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +25,7 @@ from steerlab import tracking
 from steerlab.cache import digest
 from steerlab.combinations import STRATEGIES
 from steerlab.config import SteeringConfig, cache_of, plain, position_of, root_of
+from steerlab.errors import ConfigError
 from steerlab.positions import parse_position
 
 if TYPE_CHECKING:
@@ -34,10 +38,6 @@ if TYPE_CHECKING:
     from steerlab.vectors import TraitVectors
 
 log = logging.getLogger("steerlab")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; raised before any model loads."""
 
 
 def check(cfg: DictConfig) -> None:
@@ -54,21 +54,22 @@ def check(cfg: DictConfig) -> None:
         ("steering.component", COMPONENTS, cfg.steering.component),
         ("steering.coef_units", ("relative", "absolute"), cfg.steering.coef_units),
         ("combine.strategy", (None, *STRATEGIES), cfg.combine.strategy),
+        ("model.engine", ("auto", "eager", "compiled", "static"), cfg.model.engine),
     ):
         if value not in allowed:
             valid = ", ".join(str(a) for a in allowed if a is not None)
             raise ConfigError(f"{name}={value!r} is not valid; choose one of {valid}")
-    given = [("steering.vector", cfg.steering.vector)] if cfg.steering.vector else []
-    given += [(f"steering.mix[{i}].vector", m.vector) for i, m in enumerate(cfg.steering.mix)]
-    for name, path in given:
-        if not Path(path).expanduser().is_file():
-            raise ConfigError(f"{name}={path}: no such vector file")
-        check_units(Path(path).expanduser(), cfg.steering.coef_units)  # imported: no norms
-    lo, hi = cfg.search.coef_range
-    if not 0 < lo <= hi:
-        raise ConfigError(f"search.coef_range=[{lo}, {hi}] must satisfy 0 < lo <= hi")
+    _check_numbers(cfg)
     spec = ModelSpec(**OmegaConf.to_container(cfg.model))  # type: ignore[arg-type]
-    n_layers, _ = check_variants(spec)
+    try:
+        n_layers, hidden = check_variants(spec)
+    except (OSError, ValueError) as e:
+        ref = next((f"model.{k}={getattr(spec, k)}" for k in ("steering", "extraction")
+                    if _unreadable(getattr(spec, k))), f"model {spec.name!r}")  # fmt: skip
+        raise ConfigError(
+            f"{ref}: cannot read the model's config ({str(e).splitlines()[0][:200]}); give a "
+            "local model folder, a name in the local Hugging Face cache, or embedded:smollm2"
+        ) from None
     layers = [
         cfg.steering.layer,
         *(cfg.steering.layers or []),
@@ -84,6 +85,71 @@ def check(cfg: DictConfig) -> None:
         and len(cfg.steering.layers) != len(cfg.steering.weights)
     ):
         raise ConfigError("steering.layers and steering.weights must have the same length")
+    given = [("steering.vector", cfg.steering.vector)] if cfg.steering.vector else []
+    given += [(f"steering.mix[{i}].vector", m.vector) for i, m in enumerate(cfg.steering.mix)]
+    for name, path in given:
+        _check_vector_file(name, Path(path).expanduser(), n_layers, hidden)
+        check_units(Path(path).expanduser(), cfg.steering.coef_units)  # imported: no norms
+    _check_judge(cfg)
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    """Coefficients finite, trial counts and batch sizes in range."""
+    s = cfg.steering
+    numbers = [("steering.coef", s.coef)]
+    numbers += [(f"steering.weights[{i}]", w) for i, w in enumerate(s.weights or [])]
+    numbers += [(f"steering.mix[{i}].weight", m.weight) for i, m in enumerate(s.mix)]
+    for name, x in numbers:
+        if not math.isfinite(x):
+            raise ConfigError(f"{name}={x} is not a finite number")
+    lo, hi = cfg.search.coef_range
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        raise ConfigError(f"search.coef_range=[{lo}, {hi}] must be finite with 0 < lo <= hi")
+    for name, x, least in (
+        ("search.n_trials", cfg.search.n_trials, 0),
+        ("search.batch_size", cfg.search.batch_size, 1),
+        ("steering.batch_size", s.batch_size, 1),
+        ("steering.max_new_tokens", s.max_new_tokens, 1),
+        ("extraction.batch_size", cfg.extraction.batch_size, 1),
+    ):
+        if x < least:
+            raise ConfigError(f"{name}={x} must be >= {least}")
+
+
+def _unreadable(ref: str) -> bool:
+    from steerlab.models import shape_of
+
+    try:
+        shape_of(ref)
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def _check_vector_file(name: str, path: Path, n_layers: int, hidden: int) -> None:
+    """A given vector file exists, fits the model and holds finite numbers (read lazily)."""
+    from steerlab.vectors import VectorFileError, load_vectors
+
+    if not path.is_file():
+        raise ConfigError(f"{name}={path}: no such vector file")
+    try:
+        load_vectors(path, {"hidden_size": hidden, "n_layers": n_layers})
+    except VectorFileError as e:
+        raise ConfigError(f"{name}={e}") from None
+
+
+def _check_judge(cfg: DictConfig) -> None:
+    """An OpenAI judge needs its key before any work (a local server may not)."""
+    j = cfg.judge
+    if j.backend != "openai" or os.environ.get(j.api_key_env, "").strip():
+        return
+    host = urlparse(j.base_url).hostname or ""
+    if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
+        return
+    raise ConfigError(
+        f"judge=openai needs an API key in ${j.api_key_env} (judge.api_key_env) for "
+        f"{j.base_url}; set it, or point judge.base_url at a local OpenAI-compatible server"
+    )
 
 
 @dataclass
@@ -177,7 +243,11 @@ class Runner:
         vectors = load_vectors(vpath, shape)
         if vectors.meta.get("trait", trait.name) != trait.name:  # allowed: cross-trait steering
             log.warning("%s is a %r vector; judged as %r", vpath, vectors.meta["trait"], trait.name)
-        gen = GenConfig(cfg.steering.max_new_tokens, batch_size=cfg.steering.batch_size)
+        gen = GenConfig(
+            cfg.steering.max_new_tokens,
+            batch_size=cfg.steering.batch_size,
+            engine=cfg.model.engine,
+        )
         questions = ev.steering_questions(trait, cfg.steering.n_questions)
         cmin = float(cfg.search.coherence_min)
         base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cmin)
@@ -364,6 +434,8 @@ def run_single(cfg: DictConfig, job_dir: Path) -> dict[str, float]:
             f"combine.strategy={cfg.combine.strategy} places a study: run it with -m "
             "(or steer a saved file with steering.vector=...)"
         )
+    if cfg.tracking.enabled:
+        tracking.check_store(tracking.store_of(cfg))
     runner = Runner()
     setup = runner.setup(cfg)
     steer = steering_of(cfg)

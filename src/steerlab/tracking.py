@@ -8,7 +8,9 @@ costs seconds) and its per-run link printing is silenced.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -33,6 +35,8 @@ def _quiet() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    # its store logs a traceback for every database error; steerlab reports them in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def store_of(cfg: DictConfig) -> Store:
@@ -47,14 +51,45 @@ def tracking_uri(store: Store) -> str:
 
 
 def client(store: Store) -> Any:
-    """An MlflowClient on this store (creating a local store's folder)."""
+    """An MlflowClient on this store (creating a local store's folder and database once)."""
     _quiet()
     import mlflow
 
     if isinstance(store, Path):
-        (store / "mlruns").mkdir(parents=True, exist_ok=True)
+        _create_local(tracking_uri(store))
     mlflow.set_tracking_uri(tracking_uri(store))
     return mlflow.MlflowClient(tracking_uri(store))
+
+
+@functools.cache
+def _create_local(uri: str) -> None:
+    """Create (migrate) a local sqlite store under a file lock, once per process: workers that
+    start together on a new root would otherwise run MLflow's migrations at the same time."""
+    import fcntl
+
+    import mlflow
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".create.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def check_store(store: Store) -> None:
+    """The store answers, or a one-line ConfigError naming it (before any work is done)."""
+    from steerlab.errors import ConfigError
+
+    try:
+        client(store).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure: the store is unusable
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        where = tracking_uri(store)
+        fix = "move the broken file away" if isinstance(store, Path) else "check the server"
+        raise ConfigError(f"tracking store {where} is not usable ({reason}); {fix}") from None
 
 
 def experiment_id(store: Store, name: str) -> str:
@@ -314,6 +349,16 @@ def vector_path(client: Any, trial: Trial, sweep: Sweep) -> str | None:
         return trial.vector
     meta = read_artifact(client, sweep.run_id, sweep.artifact_uri, "vector.json")
     return meta.get("path") if isinstance(meta, dict) else None
+
+
+def run_exists(store: Store, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(store).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def close_orphans(store: Store, parent_run_id: str, running: set[int]) -> int:

@@ -8,6 +8,7 @@ unit of relative coefficients) and separation statistics.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,8 @@ class TraitVectors:
     def save(self, path: Path) -> Path:
         from safetensors.torch import save_file
 
+        if why := self.problem():
+            raise VectorFileError(f"{path}: not saved, {why}")
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"layer_convention": LAYER_CONVENTION, "steerlab_version": __version__} | self.meta
         tmp = path.with_suffix(".tmp")
@@ -79,6 +82,24 @@ class TraitVectors:
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
         self.meta = meta
         return path
+
+    def problem(self) -> str | None:
+        """Why these vectors cannot steer (non-finite values or norms), or None."""
+        import torch
+
+        bad = (~torch.isfinite(self.vectors).all(dim=-1)).nonzero().flatten().tolist()
+        if bad:
+            return f"vector values are not finite at layer(s) {_layers(bad)}"
+        norms = self.meta.get("norms")
+        if norms is not None:
+            bad = [i for i, x in enumerate(norms) if not math.isfinite(float(x))]
+            if bad:
+                return f"activation norms are not finite at layer(s) {_layers(bad)}"
+        return None
+
+
+def _layers(bad: list[int]) -> str:
+    return ", ".join(map(str, bad[:8])) + (" ..." if len(bad) > 8 else "")
 
 
 def load_vectors(path: Path, expect: dict[str, Any] | None = None) -> TraitVectors:
@@ -98,7 +119,23 @@ def load_vectors(path: Path, expect: dict[str, Any] | None = None) -> TraitVecto
             raise VectorFileError(
                 f"{path}: made for {key}={meta[key]!r}, but this run has {key}={want!r}"
             )
-    return TraitVectors(vectors, meta)
+    expect = expect or {}
+    shape = tuple(vectors.shape)
+    if len(shape) != 2:
+        raise VectorFileError(f"{path}: vectors have shape {shape}; expected [layers, hidden]")
+    if "hidden_size" in expect and shape[1] != expect["hidden_size"]:
+        raise VectorFileError(
+            f"{path}: vectors have hidden size {shape[1]}, but this model has "
+            f"{expect['hidden_size']}"
+        )
+    if "n_layers" in expect and shape[0] != expect["n_layers"]:
+        raise VectorFileError(
+            f"{path}: vectors have {shape[0]} layers, but this model has {expect['n_layers']}"
+        )
+    out = TraitVectors(vectors, meta)
+    if why := out.problem():
+        raise VectorFileError(f"{path}: {why}")
+    return out
 
 
 def no_norms_message(meta: dict[str, Any]) -> str:

@@ -70,8 +70,11 @@ class SteerlabSweeper(Sweeper):
             summaries.append(run_study(self.runner, cfg, " ".join(combo)))
         for s in summaries:
             print(s.text)
+        from steerlab.errors import InfraError
+
         errors = [s.error for s in summaries if s.error]
-        if errors and len(errors) == len(summaries):  # nothing ran: one line, exit 2
-            print(f"steerlab: error: {errors[0]}", file=sys.stderr)
+        infra = [e for e in errors if isinstance(e, InfraError)]
+        if infra or (errors and len(errors) == len(summaries)):  # one line, exit 2
+            print(f"steerlab: error: {(infra or errors)[0]}", file=sys.stderr)
             sys.exit(2)
         return summaries

@@ -42,6 +42,8 @@ class OpenAIJudgeConfig:
     max_retries: int = 5
     backoff: float = 1.0
     timeout: float = 60.0
+    breaker: int = 8  # attempts failing in a row (timeouts, connection errors, 5xx): endpoint down
+    deadline: float = 1800.0  # seconds for one batch of prompts at most
     min_mass: float = 0.25
     max_tokens: int = 3
     prompts: dict[str, str] = field(default_factory=dict)  # trait, coherence, relevance

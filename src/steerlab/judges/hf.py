@@ -1,10 +1,12 @@
 """LLM judge on a local transformers chat model, with the same prompts and logprob method.
 
-Per batch of chat-templated prompts (left padded): one prefill gives the first token's top-k,
-then up to `max_tokens - 1` greedy decode steps (KV cache, no sampling) give the next positions'
-top-k along the greedy path. That is exactly what an OpenAI-compatible server returns, so
-`steerlab.judges.logprobs` reads both the same way: exact for the greedy path (including digit
-splitting "1","0","0"), with its documented approximation for non-greedy digits.
+Per batch of chat-templated prompts (left padded, length-sorted, on CUDA as many rows as fit a
+token budget): one prefill gives the first token's top-k, then up to `max_tokens - 1` greedy
+decode steps (KV cache, no sampling) give the next positions' top-k along the greedy path. Top-k
+runs on the device for every row and step at once and reaches the host in one transfer. That is
+exactly what an OpenAI-compatible server returns, so `steerlab.judges.logprobs` reads both the
+same way: exact for the greedy path (including digit splitting "1","0","0"), with its documented
+approximation for non-greedy digits.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from steerlab.cache import digest
-from steerlab.generation import left_pad, prompt_ids
+from steerlab.generation import batch_tokens_for, left_pad, length_batches, prompt_ids
 from steerlab.judges.llm import LLMJudge, Prompts, Reading, low_mass_note
 from steerlab.judges.logprobs import expected_score
 from steerlab.models import load_model
@@ -35,12 +37,14 @@ class HFJudge(LLMJudge):
         top_logprobs: int = 20,
         dtype: str = "auto",
         device: str = "auto",
+        batch_tokens: int | None = -1,
     ) -> None:
         super().__init__(prompts, min_mass, max_tokens)
         if isinstance(model, str):
             model = load_model(model, dtype=dtype, device=device)
         self.lm = model
         self.batch_size = max(1, int(batch_size))
+        self.batch_tokens = batch_tokens_for(model, batch_tokens)  # -1: a budget on CUDA only
         self.top_logprobs = int(top_logprobs)
         self._fingerprint = _fingerprint(model)
         self._pieces: dict[int, str] = {}
@@ -56,10 +60,9 @@ class HFJudge(LLMJudge):
 
     def read(self, texts: Sequence[str]) -> list[Reading]:
         ids = [prompt_ids(self.lm, t) for t in texts]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # less padding per batch
         out: list[Reading | None] = [None] * len(ids)
-        for s in range(0, len(order), self.batch_size):
-            chunk = order[s : s + self.batch_size]
+        lengths = [len(i) for i in ids]  # length-sorted batches: less padding
+        for chunk in length_batches(lengths, self.batch_size, self.batch_tokens):
             for i, r in zip(chunk, self._read_batch([ids[i] for i in chunk]), strict=True):
                 out[i] = r
         return [r for r in out if r is not None]
@@ -83,19 +86,18 @@ class HFJudge(LLMJudge):
                 output_logits=True,
                 return_dict_in_generate=True,
             )
-        width = len(ids[0])
-        steps = [
-            torch.log_softmax(lg.float(), dim=-1).topk(self.top_logprobs, dim=-1)
-            for lg in gen.logits
-        ]
+            logits = torch.stack(gen.logits, dim=1).float()  # [B, steps, vocab]
+            top = torch.log_softmax(logits, dim=-1).topk(self.top_logprobs, dim=-1)
+            indices, values = top.indices.tolist(), top.values.tolist()
+            chosen = gen.sequences[:, len(ids[0]) :].tolist()
         readings = []
-        for row in range(len(seqs)):
-            positions, chosen = [], []
-            for k, top in enumerate(steps):
-                pairs = zip(top.indices[row].tolist(), top.values[row].tolist(), strict=True)
-                positions.append([(self._piece(t), v) for t, v in pairs])
-                chosen.append(self._piece(int(gen.sequences[row, width + k])))
-            score, mass = expected_score(positions, self.min_mass, chosen)
+        for row_ids, row_vals, row_chosen in zip(indices, values, chosen, strict=True):
+            positions = [
+                [(self._piece(t), v) for t, v in zip(step_ids, step_vals, strict=True)]
+                for step_ids, step_vals in zip(row_ids, row_vals, strict=True)
+            ]
+            picked = [self._piece(t) for t in row_chosen[: len(positions)]]
+            score, mass = expected_score(positions, self.min_mass, picked)
             readings.append(Reading(score, mass, "" if score is not None else low_mass_note(mass)))
         return readings
 

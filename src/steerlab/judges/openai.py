@@ -18,25 +18,38 @@ from typing import Any
 
 import httpx
 
+from steerlab.errors import InfraError
 from steerlab.judges.llm import LLMJudge, Prompts, Reading, low_mass_note
 from steerlab.judges.logprobs import TopLogprobs, expected_score
 
 MAX_RETRY_AFTER = 60.0  # seconds; a server asking for longer is treated as down
 
 
-class JudgeEndpointError(RuntimeError):
-    """The judge endpoint gave no usable answer at all (down, wrong URL, bad key)."""
+class JudgeEndpointError(InfraError):
+    """The judge endpoint gave no usable answer (down, wrong URL, bad key): the run stops."""
 
 
 class _Breaker:
-    """Ends a batch early once `limit` requests failed and none succeeded: endpoint down.
+    """Stops a batch once `limit` attempts in a row failed (timeouts, connection errors, 5xx).
 
-    With `limit` = min(batch, max(concurrency, 8)) a small batch raises only if every request
-    failed, and a large one does not sit through every request's retries against a dead server.
+    An endpoint that is down, or accepts connections and never answers, then fails after about
+    ceil(limit / concurrency) x timeout (60 s with the defaults: 16 concurrent requests time
+    out together), whatever the number of prompts; a success anywhere resets the count.
     """
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.ok, self.failed = limit, 0, 0
+        self.limit, self.in_a_row = limit, 0
+
+    def failed(self, url: str, why: str) -> None:
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise JudgeEndpointError(
+                f"judge endpoint {url} is not answering: {self.in_a_row} attempts in a row "
+                f"failed, the last: {why}"
+            )
+
+    def ok(self) -> None:
+        self.in_a_row = 0
 
 
 class OpenAIJudge(LLMJudge):
@@ -55,6 +68,8 @@ class OpenAIJudge(LLMJudge):
         min_mass: float = 0.25,
         max_tokens: int = 3,
         top_logprobs: int = 20,
+        breaker: int = 8,
+        deadline: float = 1800.0,
     ) -> None:
         super().__init__(prompts, min_mass, max_tokens)
         self.model = model
@@ -66,6 +81,8 @@ class OpenAIJudge(LLMJudge):
         self.backoff = float(backoff)
         self.timeout = float(timeout)
         self.top_logprobs = int(top_logprobs)
+        self.breaker = max(1, int(breaker))
+        self.deadline = float(deadline)
 
     def _where(self) -> str:
         return f"{self._redact(self.base_url)}:{self.model}:top{self.top_logprobs}"
@@ -92,11 +109,16 @@ class OpenAIJudge(LLMJudge):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=self.concurrency)
         sem = asyncio.Semaphore(self.concurrency)
-        breaker = _Breaker(min(len(texts), max(self.concurrency, 8)))
+        breaker = _Breaker(self.breaker)
         async with httpx.AsyncClient(timeout=self.timeout, headers=headers, limits=limits) as c:
-            tasks = [asyncio.create_task(self._one(c, sem, breaker, t)) for t in texts]
+            tasks = [asyncio.create_task(self._request(c, sem, breaker, t)) for t in texts]
             try:
-                results = await asyncio.gather(*tasks)
+                results = await asyncio.wait_for(asyncio.gather(*tasks), self.deadline)
+            except TimeoutError:
+                raise JudgeEndpointError(
+                    f"judge endpoint {self.url} did not score {len(texts)} prompts within "
+                    f"judge.deadline={self.deadline:g} s"
+                ) from None
             finally:
                 for t in tasks:
                     t.cancel()
@@ -106,23 +128,8 @@ class OpenAIJudge(LLMJudge):
             )
         return results
 
-    async def _one(
-        self, client: httpx.AsyncClient, sem: asyncio.Semaphore, breaker: _Breaker, text: str
-    ) -> Reading:
-        reading = await self._request(client, sem, text)
-        if reading.failed:
-            breaker.failed += 1
-            if breaker.ok == 0 and breaker.failed >= breaker.limit:
-                raise JudgeEndpointError(
-                    f"the first {breaker.failed} judge requests all failed "
-                    f"(endpoint down?): {reading.note}"
-                )
-        else:
-            breaker.ok += 1
-        return reading
-
     async def _request(
-        self, client: httpx.AsyncClient, sem: asyncio.Semaphore, text: str
+        self, client: httpx.AsyncClient, sem: asyncio.Semaphore, breaker: _Breaker, text: str
     ) -> Reading:
         """One prompt with retries; returns a failed Reading (never raises) after the last try."""
         payload = {
@@ -145,17 +152,25 @@ class OpenAIJudge(LLMJudge):
                     resp = await client.post(self.url, json=payload)
             except httpx.TimeoutException as e:
                 last = f"timeout after {self.timeout:g}s ({type(e).__name__})"
+                breaker.failed(self.url, last)
                 continue
             except httpx.TransportError as e:
-                last = f"connection error ({type(e).__name__}: {e})"
+                last = self._redact(f"connection error ({type(e).__name__}: {e})")
+                breaker.failed(self.url, last)
                 continue
-            if resp.status_code == 429 or resp.status_code >= 500:
-                last = f"HTTP {resp.status_code}"
+            if resp.status_code == 429:  # alive but busy: wait as asked, not a breaker failure
+                last = "HTTP 429"
                 wait_hint = _retry_after(resp)
                 continue
+            if resp.status_code >= 500:
+                last = f"HTTP {resp.status_code}"
+                wait_hint = _retry_after(resp)
+                breaker.failed(self.url, last)
+                continue
+            breaker.ok()
             if resp.status_code != 200:  # other 4xx: retrying cannot help
                 hint = f" (is ${self.api_key_env} set?)" if resp.status_code in (401, 403) else ""
-                body = "" if hint else f": {resp.text[:200]}"
+                body = "" if hint else f": {self._redact(resp.text)[:200]}"  # redact, then cut
                 return Reading(
                     None,
                     note=self._redact(

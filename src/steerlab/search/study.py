@@ -35,8 +35,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from steerlab.config import SteeringConfig, position_of, redact, root_of
+from steerlab.errors import ConfigError
 from steerlab.records import Trial
-from steerlab.runner import ConfigError, weights
+from steerlab.runner import weights
 from steerlab.tracking import flatten
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ READY = "ready"  # study user attr: placed (settings, first tries, parent run) b
 WORKER = "worker"  # trial user attr: "<host>:<pid>" of the process evaluating it
 ERROR = "error"  # trial user attr: why a trial failed by itself (it counts toward n_trials)
 LEGACY_NAME = "steerlab"  # the study name sqlite files of earlier versions hold
-SPEED = ("batch_size", "concurrency", "max_retries", "backoff", "timeout")
+SPEED = ("batch_size", "concurrency", "max_retries", "backoff", "timeout", "breaker", "deadline")
 NOT_SETTINGS = ("n_trials", "enqueue", "options", "storage", "heartbeat_interval", "grace_period")
 # settings saved by earlier versions under other names; keys they saved that no longer exist
 # (e.g. the offline judge's unused `judge.model`) cannot differ now and are not compared
@@ -67,7 +68,7 @@ def study_settings(cfg: DictConfig) -> dict[str, str]:
 
     return flatten(
         {
-            "model": part("model", ()),
+            "model": part("model", ("engine",)),  # how fast, not what: same tokens
             "trait": part("trait", ()),
             "extraction": part("extraction", SPEED),
             "position": position_of(cfg),
@@ -351,8 +352,18 @@ def n_failed(study: optuna.Study) -> tuple[int, int]:
 
 
 def fail(study: optuna.Study, trial: optuna.trial.Trial, error: str) -> None:
+    """A trial that failed by itself (its configuration): it counts toward `n_trials`."""
     trial.set_user_attr(ERROR, error[:2000])
     study.tell(trial, state=TrialState.FAIL)
+
+
+def give_back(study: optuna.Study, trial: optuna.trial.Trial, why: str) -> None:
+    """A trial stopped by the world around it (judge down, disk full): closed with the reason,
+    not counted, and its parameters queued again for the next run."""
+    trial.set_user_attr("interrupted", why[:2000])
+    study.tell(trial, state=TrialState.FAIL)
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    _retry()(study, frozen)
 
 
 def release_surplus(study: optuna.Study, trials: list[Any], total: int) -> list[Any]:

@@ -9,9 +9,11 @@ Pareto frontier at the end).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,20 +22,23 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from steerlab import records, tracking
 from steerlab import runner as rn
 from steerlab.combinations import place
 from steerlab.config import SteeringConfig, position_of, redact, root_of, steering_of
 from steerlab.ensembles import Ensemble, save_ensemble
+from steerlab.errors import ConfigError, InfraError
 from steerlab.models import shape_of
 from steerlab.records import Trial
-from steerlab.runner import ConfigError
 from steerlab.search import study as st
 from steerlab.search.pareto import frontier, plot_frontier, plot_heatmap
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
 
 log = logging.getLogger("steerlab.sweeper")
+# failures of the world around a study (judge, disk, database): never the trial's own fault
+INFRA = (InfraError, OSError, optuna.exceptions.StorageInternalError, SQLAlchemyError)
 OWN_STATE = ("adaptive", "cmaes_ensemble")  # samplers that keep their own (single) objective
 POLL = 2.0  # seconds between looks at other workers' trials in flight
 
@@ -51,10 +56,12 @@ class Summary:
 def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
     """Place, join or resume the study `cfg` describes, and evaluate batches of its trials
     until `search.n_trials` count (with every other worker on the same study)."""
-    rn.check(cfg)
     sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
     search = cfg.search
     try:  # the storage and the study's settings first: a refusal costs no model load
+        rn.check(cfg)
+        if cfg.tracking.enabled:
+            tracking.check_store(tracking.store_of(cfg))
         if cfg.combine.strategy and not cfg.combine.instruction_run:
             place(cfg)  # the strategy's vectors, layers and first tries, as typed values
             rn.check(cfg)
@@ -92,21 +99,40 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
             time.sleep(POLL)  # other workers' trials in flight: finish them if they die
             continue
         steers = [strategy.steering(t, base) for t in trials]
-        with st.heartbeats(handle, trials):
-            outcomes = _evaluate(runner, setup, steers, root_of(cfg))
-            for t, steer, outcome in zip(trials, steers, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    log.warning("trial %d failed: %r", t.number, outcome)
-                    st.fail(study, t, repr(outcome))
-                    continue
-                job = sweep_dir / str(t.number)
-                scores, error = rn.record(cfg, setup, steer, outcome, job, t.number, parent)
-                if error:
-                    t.set_user_attr("tracking_error", error)
-                    not_logged.append(t.number)
-                strategy.tell(study, t, scores, search.coherence_min, multi)
+        pending = list(trials)
+        try:
+            with st.heartbeats(handle, trials):
+                outcomes = _evaluate(runner, setup, steers, root_of(cfg))
+                for t, steer, outcome in zip(trials, steers, outcomes, strict=True):
+                    if isinstance(outcome, Exception):  # the configuration's own failure
+                        log.warning("trial %d failed: %s", t.number, secret_free(outcome, cfg))
+                        st.fail(study, t, secret_free(outcome, cfg))
+                        pending.remove(t)
+                        continue
+                    job = sweep_dir / str(t.number)
+                    scores, error = rn.record(cfg, setup, steer, outcome, job, t.number, parent)
+                    if error:
+                        t.set_user_attr("tracking_error", error)
+                        not_logged.append(t.number)
+                    strategy.tell(study, t, scores, search.coherence_min, multi)
+                    pending.remove(t)
+        except INFRA as e:  # judge down, disk full...: give the trials back
+            why = secret_free(e, cfg)
+            for t in pending:
+                with contextlib.suppress(*INFRA):  # an unwritable store: the next run's
+                    st.give_back(study, t, why)  # close_dead re-tries them instead
+            log.error("stopped: %s; %d trial(s) given back to the study", why, len(pending))
+            return Summary(
+                f"\n== stopped ({redact(label)}): {why}\n{len(pending)} trial(s) in flight were "
+                "given back to the study (not counted); run the same command again to resume",
+                error=InfraError(f"{why} (the study resumes where it stopped)"),
+            )
     trials = st.records(study, strategy, base, search.coherence_min)
-    summary = _finish(cfg, handle, trials, parent, sweep_dir, setup)
+    try:
+        summary = _finish(cfg, handle, trials, parent, sweep_dir, setup)
+    except INFRA as e:
+        why = secret_free(e, cfg)
+        return Summary(f"\n== {redact(label)}: {why}", error=InfraError(f"{why} (trials kept)"))
     if not_logged:
         summary.text += (
             f"\n{len(not_logged)} trial(s) not logged to MLflow ({not_logged}); their answers "
@@ -129,6 +155,22 @@ def _total(cfg: DictConfig, strategy: Strategy) -> int:
     return min(cfg.search.n_trials, math.prod(len(v) for v in strategy.grid_space().values()))
 
 
+def secret_free(e: BaseException | str, cfg: DictConfig) -> str:
+    """An error as text fit to store: URL passwords and the judge's API key redacted first,
+    then cut (a key cut in half would no longer be found)."""
+    if isinstance(e, BaseException):
+        causes = [e]
+        while (c := causes[-1].__cause__ or causes[-1].__context__) and len(causes) < 4:
+            causes.append(c)  # the root cause says what happened ("disk is full")
+        root = str(causes[-1]).strip().splitlines()[0] if str(causes[-1]).strip() else ""
+        e = f"{type(e).__name__}: {e}" + (f" (cause: {root})" if root and len(causes) > 1 else "")
+    text = redact(e)
+    key_env = cfg.judge.get("api_key_env")
+    if key_env and (key := os.environ.get(key_env, "").strip()):
+        text = text.replace(key, "***")
+    return text[:2000]
+
+
 def _evaluate(
     runner: rn.Runner, setup: rn.Setup, steers: list[SteeringConfig], root: Path
 ) -> list[Any]:
@@ -136,12 +178,16 @@ def _evaluate(
     (its exception is returned in its place)."""
     try:
         return runner.evaluate(setup, steers, root)
+    except INFRA:
+        raise  # not the configurations' fault: the caller gives the trials back
     except Exception as e:  # noqa: BLE001 - retried one by one, which reports
         log.warning("batched evaluation failed (%s); running trials one by one", e)
     out: list[Any] = []
     for s in steers:
         try:
             out += runner.evaluate(setup, [s], root)
+        except INFRA:
+            raise
         except Exception as e:  # noqa: BLE001 - recorded as the trial's failure
             out.append(e)
     return out
@@ -161,8 +207,13 @@ def _parent_run(cfg: DictConfig, handle: st.Handle, sweep_dir: Path) -> str | No
                 f"the study {handle.name!r} in {handle.url} has no MLflow parent run after "
                 f"{cfg.search.grace_period} s: its creator died while placing it; start again"
             )
-        _close_orphans(store, str(run_id), study)
-        return str(run_id)
+        if tracking.run_exists(store, str(run_id)):
+            _close_orphans(store, str(run_id), study)
+            return str(run_id)
+        log.warning(
+            "the study's MLflow parent run %s is not in %s (a moved or new store): a new one "
+            "is made", run_id, tracking.tracking_uri(store),
+        )  # fmt: skip
     tags = {
         records.KIND: "sweep",
         "steerlab.sweep_dir": str(sweep_dir),

@@ -1,0 +1,142 @@
+"""Faults around a sweep: a judge endpoint that stops answering in the middle of a study costs
+no budget (its trials are given back and re-tried by the next run), and fails in bounded time
+with one line naming the URL; a full disk stops a run in one line, the study intact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from conftest import REPO, tiny_args
+
+
+def completion(score: str) -> bytes:
+    """A chat completion whose only top token is `score`, with probability 1."""
+    item = {"token": score, "logprob": 0.0, "top_logprobs": [{"token": score, "logprob": 0.0}]}
+    message = {"role": "assistant", "content": score}
+    choice = {"index": 0, "logprobs": {"content": [item]}, "message": message}
+    return json.dumps({"choices": [choice]}).encode()
+
+
+class Judge(ThreadingHTTPServer):
+    """A local OpenAI-compatible judge that answers 60 to everything until `hang` is set, then
+    accepts requests and never answers."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        judge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if judge.hang.is_set():
+                    judge.release.wait(120)
+                    return
+                body = completion("60")
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+def sweep(root: Path, model: Path, judge: Judge, *extra: str):
+    args = [a for a in tiny_args(root, model) if not a.startswith("judge.options.")]
+    args += ["judge=openai", f"judge.base_url={judge.url}", "judge.model=test",
+             "judge.timeout=1", "judge.concurrency=4", "judge.backoff=0.05", *extra]  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_a_judge_that_dies_mid_sweep_costs_no_budget(tmp_path, tiny_dir):
+    judge = Judge()
+    try:
+        warm = sweep(tmp_path, tiny_dir, judge, "search.n_trials=2")  # extraction, baseline
+        assert warm.returncode == 0, warm.stderr[-3000:]
+        judge.hang.set()
+        t0 = time.monotonic()
+        dead = sweep(tmp_path, tiny_dir, judge, "search.n_trials=6")
+        elapsed = time.monotonic() - t0
+        errors = [line for line in dead.stderr.splitlines() if line.startswith("steerlab: error:")]
+        assert dead.returncode == 2 and len(errors) == 1, dead.stderr[-3000:]
+        assert judge.url in errors[0] and "resumes" in errors[0]
+        assert "Traceback" not in dead.stderr
+        assert elapsed < 60, elapsed  # bounded by the breaker, not prompts x retries x timeout
+        [db] = tmp_path.glob("multirun/**/optuna.db")
+        storage = f"sqlite:///{db}"
+        [name] = optuna.get_all_study_names(storage)
+        study = optuna.load_study(study_name=name, storage=storage)
+        given = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        assert given and all("interrupted" in t.user_attrs for t in given)
+        assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 2
+
+        judge.hang.clear()
+        judge.release.set()
+        again = sweep(tmp_path, tiny_dir, judge, "search.n_trials=6")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "6 trials done, 0 failed" in again.stdout
+        study = optuna.load_study(study_name=name, storage=storage)
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        assert len(done) == 6
+        params = {(t.params["layer"], t.params["coef"]) for t in done}
+        assert {(t.params["layer"], t.params["coef"]) for t in given} <= params  # re-tried
+    finally:
+        judge.release.set()
+        judge.shutdown()
+
+
+def test_a_full_disk_stops_a_sweep_in_one_line_and_the_study_resumes(tmp_path, tiny_dir):
+    """paths.root on a 1.5 MB tmpfs: the sweep fills it, stops in one line; moved to a disk
+    with room, the same study resumes to its total."""
+    import shutil
+
+    import pytest
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    cache = tmp_path / "cache"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        args = [*tiny_args(disk, tiny_dir), f"paths.cache={cache}", "search.n_trials=40"]
+        full = subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        errors = [line for line in full.stderr.splitlines() if line.startswith("steerlab: error:")]
+        assert full.returncode == 2 and len(errors) == 1, full.stderr[-3000:]
+        assert "full" in errors[0] and "Traceback" not in full.stderr
+        shutil.copytree(disk / "multirun", tmp_path / "big" / "multirun")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    [db] = (tmp_path / "big").glob("multirun/**/optuna.db")
+    storage = f"sqlite:///{db}"
+    [name] = optuna.get_all_study_names(storage)
+    before = optuna.load_study(study_name=name, storage=storage)
+    n_done = len(before.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    assert 0 < n_done < 40
+    args = [*tiny_args(tmp_path / "big", tiny_dir), f"paths.cache={cache}", "search.n_trials=40"]
+    again = subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=REPO,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "40 trials done, 0 failed" in again.stdout
