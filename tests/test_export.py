@@ -103,6 +103,9 @@ def test_gguf_import_is_the_inverse_of_export(tmp_path, vfile):
     assert torch.allclose(again.deltas()[2] * 0.4 * NORMS[2], st.deltas()[2], atol=1e-6)
     with pytest.raises(VectorFileError, match="import it again with --model"):
         again.at(coef=0.1, units="relative").absolute()
+    padded = import_file(path, tmp_path / "padded.safetensors", n_layers=5)
+    assert padded.vectors.shape == (5, 64) and padded.meta["n_layers"] == 5
+    assert load_vectors(tmp_path / "padded.safetensors", {"n_layers": 5, "hidden_size": 64})
 
 
 def test_gguf_import_rejects_layer_0_and_model_files(tmp_path):

@@ -158,8 +158,11 @@ def import_file(
     model: LoadedModel | None = None,
     model_name: str | None = None,
     trait: str | None = None,
+    n_layers: int | None = None,
 ) -> TraitVectors:
-    """Convert `path` (kind: gguf, persona or auto by suffix) into a steerlab vector file."""
+    """Convert `path` (kind: gguf, persona or auto by suffix) into a steerlab vector file, with
+    one row per model layer when the layer count is known (`model`, `n_layers`, or a Persona
+    Vectors file's own shape): what `steering.vector=` checks against the model."""
     if not path.is_file():
         raise VectorFileError(f"{path}: file not found")
     kind = {".gguf": "gguf", ".pt": "persona", ".pth": "persona"}.get(path.suffix, kind)
@@ -171,7 +174,10 @@ def import_file(
         source = "Persona Vectors (.pt; row L = hidden_states[L] = steerlab layer L-1)"
     else:
         raise VectorFileError(f"{path}: unknown kind; give --kind gguf or --kind persona")
-    n_layers = len(directions) if kind == "persona" else None
+    if kind == "persona":
+        if n_layers is not None and n_layers != len(directions):
+            raise VectorFileError(f"{path}: has {len(directions)} layers, not {n_layers}")
+        n_layers = len(directions)
     norms = None
     meta: dict[str, Any] = {
         "trait": trait or path.stem,
@@ -188,6 +194,8 @@ def import_file(
             raise VectorFileError(
                 f"{path}: vectors of size {d}, but {model.ref} has hidden size {model.hidden_size}"
             )
+        if n_layers is not None and n_layers != model.n_layers:
+            raise VectorFileError(f"--n-layers {n_layers}, but {model.ref} has {model.n_layers}")
         n_layers = model.n_layers
         norms = measure_norms(model)
         meta |= {"model": model_name or model.ref, "model_ref": model.ref}
@@ -213,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="model to measure norms with (HF path/id or embedded:smollm2)")
     p.add_argument("--model-name", help="the model's steerlab config name (e.g. smollm2)")
     p.add_argument("--trait", help="trait name to record (default: the file name)")
+    p.add_argument("--n-layers", type=int, help="the model's layer count (a GGUF has none)")
     args = p.parse_args(argv)
     out = args.out or args.file.with_suffix(".safetensors")
     try:
@@ -221,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             from steerlab.models import load_model
 
             model = load_model(args.model)
-        vecs = import_file(args.file, out, args.kind, model, args.model_name, args.trait)
+        vecs = import_file(
+            args.file, out, args.kind, model, args.model_name, args.trait, args.n_layers
+        )
     except (ValueError, FileNotFoundError) as e:
         print(f"steerlab.imports: error: {e}", file=sys.stderr)
         return 2
@@ -232,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         f"units: {'relative or absolute' if units == 'relative' else 'absolute only'}\n"
         f"  steer: python -m steerlab steering.vector={out}"
         + ("" if units == "relative" else " steering.coef_units=absolute")
+        + (
+            ""
+            if "n_layers" in vecs.meta
+            else "\n  (rows only up to its last layer: give --model or --n-layers so "
+            "steering.vector= matches the model's layer count; the API needs neither)"
+        )
     )
     return 0
 
