@@ -54,7 +54,7 @@ def test_sweep_logs_trials_and_resumes(tmp_path, cache):
     parent = sweeps[0]
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parent.info.run_id}
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"pareto.json", "trials.json", "pareto.png", "heatmap.png"} <= arts
+    assert {"pareto.json", "trials.json", "pareto.png", "layer_coef_map.png"} <= arts
     sweep_dir = Path(parent.data.tags["steerlab.sweep_dir"])
     rows = json.loads((sweep_dir / "trials.json").read_text())
     assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3]

@@ -50,6 +50,7 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         "steerlab/conf/config.yaml",
         "steerlab/conf/trait/evil.yaml",
         "steerlab/conf/search/cmaes_ensemble.yaml",
+        "steerlab/conf/hydra/help/steerlab.yaml",
         "steerlab/traits/evil/natural.jsonl",
         "steerlab/traits/evil/calibration.jsonl",
         "steerlab/traits/FORMAT.md",

@@ -34,10 +34,22 @@ def main(cfg: DictConfig) -> dict[str, float]:
         sys.exit(2)
 
 
+def resolved_cfg_job(argv: list[str]) -> list[str]:
+    """`--cfg job` prints the values a run uses (`position=5` shows as `extraction.position:
+    response[:5]`), as with `--resolve`; Hydra alone would print the interpolations."""
+    if "--resolve" in argv:
+        return argv
+    pairs = zip(argv, [*argv[1:], ""], strict=True)
+    if any(a in ("--cfg=job", "-cjob") or (a in ("--cfg", "-c") and b == "job") for a, b in pairs):
+        return [*argv, "--resolve"]
+    return argv
+
+
 if __name__ == "__main__":
     from steerlab.config import unknown_key
 
     if why := unknown_key(sys.argv[1:]):  # before Hydra, whose message names no valid key
         print(f"steerlab: error: {why}", file=sys.stderr)
         sys.exit(2)
+    sys.argv = resolved_cfg_job(sys.argv)
     main()

@@ -120,7 +120,7 @@ def capture(
     kept_norms: list[torch.Tensor] = []  # [C, L, kept tokens] per batch
     lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
     red = _Reducer(components)
-    bar = tqdm(total=n, desc="capture", leave=False, disable=n <= batch_size)
+    bar = tqdm(total=n, desc="capture activations", leave=False, disable=n <= batch_size)
     with torch.inference_mode(), _recording(model, red):
         for idx in length_batches(lengths, batch_size, batch_tokens):
             batch = [samples[i] for i in idx]

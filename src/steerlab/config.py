@@ -187,6 +187,17 @@ def unknown_key(overrides: list[str]) -> str | None:
     return None
 
 
+def effective_position(position: Any, default: str) -> str:
+    """`extraction.position` as composed (`conf/extraction/*.yaml`): the `position=` shorthand
+    normalised (`5` -> `response[:5]`) when given, else the group's default; a spec that does
+    not parse is kept as written, for the app's validation to report."""
+    spec = position if position is not None else default
+    try:
+        return str(parse_position(spec))
+    except ValueError:
+        return str(spec)
+
+
 def register() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -194,6 +205,8 @@ def register() -> None:
     register_judges()
     if not OmegaConf.has_resolver("steerlab_position"):
         OmegaConf.register_new_resolver("steerlab_position", position_tag)
+    if not OmegaConf.has_resolver("steerlab_extraction_position"):
+        OmegaConf.register_new_resolver("steerlab_extraction_position", effective_position)
 
 
 def root_of(cfg: DictConfig) -> Path:

@@ -146,8 +146,10 @@ def extract_vectors(
     val_frac: float = 0.1,
     seed: int = 0,
 ) -> dict[tuple[str, str], Path]:
-    """One vector file per (position, component) for `method`; reuses existing files."""
+    """One vector file per (position, component) for `method`; reuses existing files. A bar
+    over the layers to fit (a probe trains one classifier per layer and component)."""
     import torch
+    from tqdm.auto import tqdm
 
     from steerlab.methods import extract_layer
     from steerlab.vectors import TraitVectors
@@ -155,6 +157,13 @@ def extract_vectors(
     labels_t = torch.tensor(labels)
     keep_t = torch.tensor(keep)
     paths: dict[tuple[str, str], Path] = {}
+    todo = sum(
+        means.shape[1]
+        for pos in cap.positions
+        for comp, means in cap.means.items()
+        if not (out_dir / pos.slug / f"{comp}_{method}.safetensors").is_file()
+    )
+    bar = tqdm(total=todo, desc=f"extract {method} (layers)", leave=False, disable=not todo)
     for p, pos in enumerate(cap.positions):
         use = keep_t & cap.valid[p]
         for comp, means in cap.means.items():
@@ -165,6 +174,7 @@ def extract_vectors(
             x = means[p]  # [L, N, d]
             rows, stats = [], []
             for layer in range(x.shape[0]):
+                bar.update(1)
                 v, st = extract_layer(
                     method,
                     x[layer][use & (labels_t == 1)],
@@ -187,4 +197,5 @@ def extract_vectors(
                     "n_neg": int((use & (labels_t == 0)).sum()),
                 },
             ).save(path)
+    bar.close()
     return paths

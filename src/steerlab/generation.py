@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from steerlab.cache import JsonlStore, digest
 
@@ -146,11 +146,13 @@ def generate(
     cfg: GenConfig,
     steering: Sequence[Terms] | None = None,
     desc: str = "generate",
+    bar: Any = None,
 ) -> list[Sample]:
     """Answer every prompt once (the caller repeats prompts for rollouts); batched, length-sorted.
 
     `steering[i]` steers prompt i; batches are formed from the same index order, so a row can
-    never receive another row's steering.
+    never receive another row's steering. `bar`: a progress bar of the caller's to advance (one
+    bar for a stage that generates in several calls), else this call shows its own.
     """
     import torch
     from tqdm.auto import tqdm
@@ -163,7 +165,10 @@ def generate(
     out: list[Sample | None] = [None] * len(prompts)
     if cfg.temperature > 0:
         torch.manual_seed(cfg.seed)
-    bar = tqdm(total=len(prompts), desc=desc, leave=False, disable=len(prompts) <= cfg.batch_size)
+    own = bar is None
+    if own:
+        # shown even for one batch: a slow model's single generate says what it is doing
+        bar = tqdm(total=len(prompts), desc=desc, leave=False, disable=not prompts)
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
         batch = [prompts[i] for i in idx]
@@ -187,7 +192,8 @@ def generate(
             resp = resp[:cut]
             out[i] = Sample(list(prompts[i]), resp, tok.decode(resp, skip_special_tokens=True))
         bar.update(len(idx))
-    bar.close()
+    if own:
+        bar.close()
     return [s for s in out if s is not None]
 
 
@@ -223,19 +229,30 @@ def cached_generate(
     cache_dir: Path,
     desc: str = "generate",
 ) -> list[Sample]:
-    """Unsteered generation, cached per prompt set; resumes after an interruption. The engine is
-    no part of the key: engines give the same answers up to floating-point rounding."""
+    """Unsteered generation, cached per prompt set; resumes after an interruption. One progress
+    bar over every prompt (answers already cached count as done). The engine is no part of the
+    key: engines give the same answers up to floating-point rounding."""
+    from tqdm.auto import tqdm
+
     settings = {k: v for k, v in asdict(cfg).items() if k != "engine"}
     key = digest(model.ref, [list(p) for p in prompts], settings)
     store = JsonlStore(cache_dir / "responses" / f"{key}.jsonl")
     todo = store.missing(len(prompts))
+    bar = tqdm(
+        total=len(prompts),
+        initial=len(prompts) - len(todo),
+        desc=desc,
+        leave=False,
+        disable=not todo,
+    )
     for start in range(0, len(todo), cfg.batch_size * 4):  # persist every few batches
         chunk = todo[start : start + cfg.batch_size * 4]
-        samples = generate(model, [prompts[i] for i in chunk], cfg, desc=desc)
+        samples = generate(model, [prompts[i] for i in chunk], cfg, desc=desc, bar=bar)
         store.add(
             {"i": i, "prompt_ids": s.prompt_ids, "response_ids": s.response_ids, "text": s.text}
             for i, s in zip(chunk, samples, strict=True)
         )
+    bar.close()
     return [
         Sample(r["prompt_ids"], r["response_ids"], r["text"]) for r in store.ordered(len(prompts))
     ]

@@ -41,6 +41,18 @@ def is_valid(coherence: float, coherence_min: float) -> bool:
     return coherence >= coherence_min
 
 
+INVALID_OFFSET = 100.0  # trait scores are 0-100: an invalid trial's objective is below any valid
+
+
+def objective(trait: float, coherence: float, coherence_min: float) -> float:
+    """One number that ranks trials as the best-trial rule does: the trait score of a valid
+    trial; for an invalid one trait - 100 - its coherence shortfall, below every valid trial.
+    Optuna's single objective value, and the `objective` metric of a trial's MLflow run."""
+    if is_valid(coherence, coherence_min):
+        return trait
+    return trait - INVALID_OFFSET - (coherence_min - coherence)
+
+
 def coherence_min(params: Mapping[str, Any]) -> float:
     """A sweep's `search.coherence_min` param (0 counts); the default when absent or unreadable."""
     try:

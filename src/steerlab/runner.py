@@ -27,6 +27,7 @@ from steerlab.combinations import STRATEGIES
 from steerlab.config import SteeringConfig, cache_of, plain, position_of, root_of
 from steerlab.errors import ConfigError
 from steerlab.positions import parse_position
+from steerlab.records import objective
 
 if TYPE_CHECKING:
     from steerlab.data import TraitData
@@ -366,9 +367,11 @@ def record(
     job_dir: Path,
     number: int | None = None,
     parent_run_id: str | None = None,
+    span: tuple[float, float] | None = None,
 ) -> tuple[dict[str, float], str | None]:
     """Write a trial's folder (config, answers, metrics) and its MLflow run; its metrics, and
-    why it could not be logged to MLflow (None when it was)."""
+    why it could not be logged to MLflow (None when it was). `span`: when its batch started and
+    ended (seconds since the epoch), the run's start and end times."""
     metrics = metrics_of(result, setup)
     trial_cfg = OmegaConf.merge(plain(cfg), {"steering": OmegaConf.structured(steer)})
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -380,7 +383,7 @@ def record(
     if not cfg.tracking.enabled:
         return metrics, None
     try:
-        _log_trial(cfg, setup, trial_cfg, result, metrics, job_dir, number, parent_run_id)
+        _log_trial(cfg, setup, trial_cfg, result, metrics, job_dir, number, parent_run_id, span)
     except Exception as e:  # noqa: BLE001 - the trial stands (files, study); say so
         log.warning("trial %s was not logged to MLflow (%s); its files: %s", number, e, job_dir)
         return metrics, f"{type(e).__name__}: {e}"[:500]
@@ -396,7 +399,11 @@ def _log_trial(
     job_dir: Path,
     number: int | None,
     parent_run_id: str | None,
+    span: tuple[float, float] | None = None,
 ) -> None:
+    """The trial's MLflow run: a child of the sweep's parent run, timed by its batch (the K
+    trials of a batch share one generate, so each took the batch's time), metrics rounded, with
+    `objective` (`records.objective`: sorted by it, the best valid trial comes first)."""
     steer = OmegaConf.to_object(trial_cfg.steering)
     name = f"trial-{number}" if number is not None else where(steer)  # type: ignore[arg-type]
     tags = {"steerlab.kind": "trial", "steerlab.vector": str(setup.vector_path)}
@@ -404,8 +411,9 @@ def _log_trial(
         tags["steerlab.trial"] = str(number)
     params = tracking.run_params(trial_cfg)
     store, exp = tracking.store_of(cfg), tracking.experiment_name(cfg)
-    with tracking.run(store, exp, name, params, parent_run_id, tags) as mlflow:
-        mlflow.log_metrics(metrics)
+    rank = objective(metrics["trait"], metrics["coherence"], setup.coherence_min)
+    with tracking.run(store, exp, name, params, parent_run_id, tags, span=span) as mlflow:
+        mlflow.log_metrics(tracking.rounded({**metrics, "objective": rank}))
         cols = ("question", "answer", "trait", "coherence", "note")
         mlflow.log_table({k: [r[k] for r in result.rows] for k in cols}, "responses.json")
         mlflow.log_dict(setup.vector_meta(), "vector.json")

@@ -25,6 +25,10 @@ from steerlab.config import plain, position_of, root_of
 from steerlab.records import Key, Sweep, Trial
 
 Store = Path | str  # a root folder (local sqlite store) or a tracking server's URL
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces, no metric columns);
+# "custom_model_development" ("Machine learning" in the UI) opens the classic runs table
+EXPERIMENT_KIND = "mlflow.experimentKind"
+RUNS_VIEW_KIND = "custom_model_development"
 
 
 def _quiet() -> None:
@@ -94,18 +98,35 @@ def check_store(store: Store) -> None:
 
 def experiment_id(store: Store, name: str) -> str:
     """Get or create an experiment; a local store keeps its artifacts in `mlruns/artifacts`
-    (a server decides where its artifacts go)."""
+    (a server decides where its artifacts go). It opens on MLflow 3's runs table
+    (`mlflow.experimentKind`), unless someone chose another kind in the UI."""
     c = client(store)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND not in exp.tags:  # made by an earlier version
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, RUNS_VIEW_KIND)
         return exp.experiment_id
     location = (
         (store / "mlruns" / "artifacts").resolve().as_uri() if isinstance(store, Path) else None
     )
     try:
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND: RUNS_VIEW_KIND}
+        )
     except Exception:  # noqa: BLE001 - created concurrently by another process
         return c.get_experiment_by_name(name).experiment_id
+
+
+def rounded(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Metrics as a person reads them: scores (0-100) to 2 decimals, coefficients to 4
+    significant digits; counts, layers and trial numbers stay whole. None is left out."""
+    out = {}
+    for k, v in metrics.items():
+        if v is None:
+            continue
+        x = float(v)
+        out[k] = float(f"{x:.4g}") if "coef" in k else round(x, 2)
+    return out
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -154,9 +175,13 @@ def run(
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
     run_id: str | None = None,
+    span: tuple[float, float] | None = None,
 ) -> Iterator[Any]:
-    """Start (or resume, with `run_id`) an MLflow run; yields the `mlflow` module."""
-    client(store)
+    """Start (or resume, with `run_id`) an MLflow run; yields the `mlflow` module.
+
+    `span`: (start, end) in seconds since the epoch: what the run's start and end times (its
+    duration in the UI) say, e.g. a trial's batch, not the seconds it took to log it."""
+    c = client(store)
     import mlflow
 
     kwargs: dict[str, Any] = (
@@ -169,10 +194,23 @@ def run(
             "tags": dict(tags or {}),
         }
     )
-    with mlflow.start_run(nested=parent_run_id is not None, **kwargs):
+    if span and not run_id:  # created with its start time, then resumed by the fluent API
+        from mlflow.tracking.context.registry import resolve_tags  # source, user, git: as fluent
+
+        parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+        made = c.create_run(
+            kwargs["experiment_id"],
+            start_time=int(span[0] * 1000),
+            tags=resolve_tags({**kwargs["tags"], **parent}),
+            run_name=name,
+        )
+        kwargs = {"run_id": made.info.run_id}
+    with mlflow.start_run(nested=parent_run_id is not None, **kwargs) as active:
         if params and not run_id:
             mlflow.log_params(flatten(params))
         yield mlflow
+    if span and not run_id:
+        c.set_terminated(active.info.run_id, "FINISHED", end_time=int(span[1] * 1000))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,29 +218,51 @@ def run(
 # table holds its trials, with one child run (tag steerlab.kind=trial) per trial
 
 
-def log_sweep(mlflow: Any, trials: list[Trial], front: list[int]) -> Trial | None:
-    """The trial table, its Pareto frontier and the best valid trial's metrics on a parent run."""
+def log_sweep(
+    mlflow: Any,
+    trials: list[Trial],
+    front: list[int],
+    coherence_min: float = records.DEFAULT_COHERENCE_MIN,
+) -> Trial | None:
+    """The trial table, its Pareto frontier and the best valid trial on a parent run: its
+    scores as `best_*` metrics and where it steers as `best.*` tags (the parent's `steering.*`
+    params are not the best trial's: a search sets them per trial)."""
     mlflow.log_table(records.table(trials), "trials.json")
     mlflow.log_table(records.table([trials[i] for i in front]), "pareto.json")
     best = records.best(trials)
     if best is not None:
         mlflow.log_metrics(
-            {
-                f"best_{k}": float(v)
-                for k, v in (
-                    ("trait", best.trait),
-                    ("coherence", best.coherence),
-                    ("delta", best.delta),
-                    ("layer", best.layer),
-                    ("coef", best.coef),
-                    ("trial", best.number),
-                )
-                if v is not None
-            }
+            rounded(
+                {
+                    "best_trait": best.trait,
+                    "best_coherence": best.coherence,
+                    "best_delta": best.delta,
+                    "best_layer": best.layer,
+                    "best_coef": best.coef,
+                    "best_trial": best.number,
+                }
+            )
         )
+        mlflow.set_tags(best_tags(best))
+    else:
+        mlflow.set_tag("best.trial", f"none: no trial reached coherence >= {coherence_min:g}")
     if (high := records.best_at(trials)) is not None:
-        mlflow.log_metric(records.HIGH_COHERENCE_METRIC, float(high.delta))
+        mlflow.log_metric(records.HIGH_COHERENCE_METRIC, round(float(high.delta), 2))
     return best
+
+
+def best_tags(best: Trial) -> dict[str, str]:
+    """`best.trial`, `best.layer` and `best.coef` (or `best.weights` of an ensemble), and the
+    best trial's child run."""
+    tags = {"best.trial": str(best.number)}
+    if best.weights:
+        tags["best.weights"] = ", ".join(f"L{la}={w:.4g}" for la, w in best.weights)
+    else:
+        if best.layer is not None:
+            tags["best.layer"] = str(best.layer)
+        if best.coef is not None:
+            tags["best.coef"] = f"{best.coef:.4g}"
+    return tags
 
 
 def all_runs(client: Any, experiment_id: str) -> list[Any]:
@@ -349,30 +409,3 @@ def vector_path(client: Any, trial: Trial, sweep: Sweep) -> str | None:
         return trial.vector
     meta = read_artifact(client, sweep.run_id, sweep.artifact_uri, "vector.json")
     return meta.get("path") if isinstance(meta, dict) else None
-
-
-def run_exists(store: Store, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client(store).get_run(run_id)
-    except MlflowException:
-        return False
-    return True
-
-
-def close_orphans(store: Store, parent_run_id: str, running: set[int]) -> int:
-    """Close the child runs a killed worker left RUNNING (their trial is no longer in flight)
-    as KILLED; returns how many."""
-    c = client(store)
-    parent = c.get_run(parent_run_id)
-    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    closed = 0
-    for r in c.search_runs([parent.info.experiment_id], query, max_results=1000):
-        number = records.as_int(r.data.tags.get(records.TRIAL_TAG))
-        if number is not None and number in running:
-            continue
-        c.set_tag(r.info.run_id, "steerlab.interrupted", "true")
-        c.set_terminated(r.info.run_id, "KILLED")
-        closed += 1
-    return closed

@@ -62,6 +62,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BAR_MIN = 64  # answers scored at once from which the passes over them show progress bars
 VERSION = "offline-judge/4"  # 4: TF-IDF stored as scikit-learn's vocabulary_ + idf_
 
 
@@ -186,9 +188,15 @@ class OfflineJudge:
     # -- features
 
     def _coherence_base(
-        self, questions: Sequence[str], answers: Sequence[str], enc: Encoded
+        self,
+        questions: Sequence[str],
+        answers: Sequence[str],
+        enc: Encoded,
+        desc: str | None = None,
     ) -> np.ndarray:
-        nlls = answer_nll(self.lm, questions, answers, self.max_answer_tokens, self.token_budget)
+        nlls = answer_nll(
+            self.lm, questions, answers, self.max_answer_tokens, self.token_budget, desc
+        )
         rows = []
         for i, a in enumerate(answers):
             f = nll_stats(nlls[i]) | text_stats(a) | {"qa_cosine": float(enc.relevance[i])}
@@ -222,13 +230,24 @@ class OfflineJudge:
                         f"calibration rows to fit a trait model; found {len(rows)}"
                     )
                 qs, ans = [r.question for r in rows], [r.answer for r in rows]
-                m = fit_trait_model(
-                    encode_pairs(self.encoder, qs, ans),
-                    ans,
-                    np.array([r.trait_score for r in rows]),
+                log.info(
+                    "offline judge: fitting the trait model for %r on %d labelled calibration "
+                    "rows (sentence embeddings, then a cross-validated grid; once, then cached "
+                    "in %s)",
+                    name,
+                    len(rows),
+                    self.cache_dir,
                 )
+                started = time.monotonic()
+                enc = encode_pairs(self.encoder, qs, ans, desc=f"judge: embed {name} calibration")
+                m = fit_trait_model(enc, ans, np.array([r.trait_score for r in rows]))
                 m.meta |= {"trait": name, "calibration": calib, "encoder": ENCODER_ID}
-                log.info("offline judge: fitted trait model %r %s", name, m.meta)
+                log.info(
+                    "offline judge: fitted trait model %r in %.0fs %s",
+                    name,
+                    time.monotonic() - started,
+                    m.meta,
+                )
                 return m
 
             path = self.cache_dir / f"trait-{_safe(name)}-{key}.json"
@@ -247,10 +266,24 @@ class OfflineJudge:
                         f"model; found {len(pool)} (add traits/<trait>/calibration.jsonl)"
                     )
                 qs, ans = [r.question for r in pool], [r.answer for r in pool]
-                base = self._coherence_base(qs, ans, encode_pairs(self.encoder, qs, ans))
+                log.info(
+                    "offline judge: fitting the coherence model on %d calibration rows of %d "
+                    "trait(s) (embeddings, the LM's likelihood of each answer, then a "
+                    "cross-validated fit; once per LM, then cached in %s)",
+                    len(pool),
+                    len(self.calibration),
+                    self.cache_dir,
+                )
+                started = time.monotonic()
+                enc = encode_pairs(self.encoder, qs, ans, desc="judge: embed calibration")
+                base = self._coherence_base(qs, ans, enc, desc="judge: LM likelihood")
                 m = fit_coherence_model(base, np.array([r.coherence for r in pool]))
                 m.meta |= {"calibration": self._pool_hash, "lm": self.lm.ref, "encoder": ENCODER_ID}
-                log.info("offline judge: fitted coherence model %s", m.meta)
+                log.info(
+                    "offline judge: fitted coherence model in %.0fs %s",
+                    time.monotonic() - started,
+                    m.meta,
+                )
                 return m
 
             path = self.cache_dir / f"coherence-{key}.json"
@@ -293,7 +326,15 @@ class OfflineJudge:
                 for i in live:
                     notes[i].append(f"no calibration rows for trait {trait.name!r}: no trait score")
             tmodel = self.trait_model(trait.name, rows) if rows else None
-            results = self._score_batch(tmodel, self.coherence_model(), questions, answers)
+            many = len(answers) >= BAR_MIN  # e.g. every elicited answer: a bar per pass
+            desc = f"judge {trait.name}: {len(answers)} answers" if many else None
+            if many:
+                log.info(
+                    "offline judge: scoring %d %s answers (embeddings, then the LM's likelihood)",
+                    len(answers),
+                    trait.name,
+                )
+            results = self._score_batch(tmodel, self.coherence_model(), questions, answers, desc)
         out = [JudgeScore(0.0, 0.0, "; ".join(n)) for n in notes]
         for (t, c, err), i in zip(results, live, strict=True):
             out[i] = JudgeScore(t, c, "; ".join(notes[i] + ([err] if err else [])))
@@ -305,13 +346,17 @@ class OfflineJudge:
         cmodel: CoherenceModel,
         questions: Sequence[str],
         answers: Sequence[str],
+        desc: str | None = None,
     ) -> list[tuple[float | None, float | None, str]]:
         """Batched features and scores; if a batch fails, its halves are retried so one answer
-        that breaks the encoder or the LM costs only its own score (None, with the error)."""
+        that breaks the encoder or the LM costs only its own score (None, with the error).
+        `desc`: label of the progress bars of a large batch."""
         try:
-            enc = encode_pairs(self.encoder, questions, answers)
+            enc = encode_pairs(self.encoder, questions, answers, desc and f"{desc}, embed")
             t = tmodel.predict(enc, answers) if tmodel is not None else [None] * len(answers)
-            c = cmodel.predict(self._coherence_base(questions, answers, enc))
+            c = cmodel.predict(
+                self._coherence_base(questions, answers, enc, desc and f"{desc}, LM likelihood")
+            )
         except JudgeSetupError:
             raise
         except Exception as e:  # noqa: BLE001 - isolate the failing answer, keep the rest

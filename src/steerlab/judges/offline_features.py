@@ -91,8 +91,10 @@ class Encoder:
                     os.environ["HF_HUB_OFFLINE"] = before
         return self._model
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-norm embeddings of `texts`, in batches; duplicates are encoded once."""
+    def encode(self, texts: Sequence[str], desc: str | None = None) -> np.ndarray:
+        """Unit-norm embeddings of `texts`, in batches; duplicates are encoded once. `desc`:
+        show sentence-transformers' progress bar ("Batches") when there are several batches
+        (one call either way, so the batches and the embeddings do not change)."""
         uniq = list(dict.fromkeys(texts))
         if not uniq:
             return np.zeros((0, EMBED_DIM), dtype=np.float32)
@@ -101,7 +103,7 @@ class Encoder:
             batch_size=self.batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
-            show_progress_bar=False,
+            show_progress_bar=desc is not None and len(uniq) > self.batch_size,
         )
         row = {t: i for i, t in enumerate(uniq)}
         return np.asarray(emb, dtype=np.float32)[[row[t] for t in texts]]
@@ -125,11 +127,13 @@ class Encoded:
     relevance: np.ndarray  # [n] cosine(question, answer)
 
 
-def encode_pairs(encoder: Encoder, questions: Sequence[str], answers: Sequence[str]) -> Encoded:
+def encode_pairs(
+    encoder: Encoder, questions: Sequence[str], answers: Sequence[str], desc: str | None = None
+) -> Encoded:
     """One encoder pass over every question, answer and answer sentence of the batch."""
     sents = [sentences(a) for a in answers]
     flat = [s for ss in sents for s in ss]
-    emb = encoder.encode(list(questions) + list(answers) + flat)
+    emb = encoder.encode(list(questions) + list(answers) + flat, desc)
     n = len(answers)
     q, a, s = emb[:n], emb[n : 2 * n], emb[2 * n :]
     bounds = np.cumsum([0] + [len(ss) for ss in sents])
@@ -276,14 +280,17 @@ def answer_nll(
     answers: Sequence[str],
     max_answer_tokens: int = 256,
     token_budget: int = 2048,
+    desc: str | None = None,
 ) -> list[np.ndarray]:
     """Per-token NLL (nats) of each answer after its chat-templated question, under `model`.
 
     Length-sorted batches with left padding; a batch holds at most `token_budget` tokens
     (prompt + answer, padding included), which also bounds the logits kept. Longer answers are
-    scored on their first `max_answer_tokens` tokens.
+    scored on their first `max_answer_tokens` tokens. `desc`: label of a progress bar over the
+    answers (shown when there are several batches).
     """
     import torch
+    from tqdm.auto import tqdm
 
     if is_steered(model):
         raise JudgeSetupError(
@@ -307,6 +314,7 @@ def answer_nll(
                 cur.append(i)
                 continue
         batches.append([i])
+    bar = tqdm(total=len(order), desc=desc, leave=False, disable=desc is None or len(batches) < 2)
     for idx in batches:
         inputs = forward_inputs(model, [seqs[i] for i in idx])
         input_ids = inputs["input_ids"]
@@ -320,6 +328,8 @@ def answer_nll(
             nll = nll.cpu().numpy()
         for row, i in enumerate(idx):
             out[i] = nll[row, nll.shape[1] - n_ans[i] :].astype(np.float32)
+        bar.update(len(idx))
+    bar.close()
     return out
 
 

@@ -18,13 +18,34 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from steerlab import records
 from steerlab.config import SteeringConfig
 
-INFEASIBLE_PENALTY = 100.0  # subtracted from trait for samplers without constraint support
+INFEASIBLE_PENALTY = records.INVALID_OFFSET
+# the trial system attr Optuna's `constraints_func` path writes and `trial.constraints` reads; the
+# per-name keys of `Trial.set_constraint` ("constraints:<name>") are invisible to optuna-dashboard
+# 0.21, which reads only this list (feasible/infeasible colours of its plots and tables)
+CONSTRAINTS_ATTR = "constraints"
+METRICS = ("trait", "coherence")  # the study's objective names: [trait] or [trait, coherence]
+# GP models the objective as a smooth function of layer x coef and the constraint with a model of
+# its own: a cliff at the coherence threshold misleads it (bench/gp_penalty_bench.py, 6 seeds x
+# 18 trials: the best valid trait found fell from 57.9 to 38.3 on average), so it is
+# told the trait score itself, and optuna-dashboard, which ignores constraints, may call an
+# invalid trial of a gp study its best
+RAW_VALUE_SAMPLERS = ("gp",)
+
+
+def objective_value(trait: float, coherence: float, threshold: float) -> float:
+    """The single objective Optuna stores (`records.objective`; the trait score for
+    `RAW_VALUE_SAMPLERS`): the trait score of a valid trial, and below every valid trial's
+    value otherwise, so that whatever ranks trials by value alone (optuna-dashboard's best
+    trial, `storage.get_best_trial`, CMA-ES) ranks every valid trial first. The trait score
+    itself is the user attr `trait`."""
+    return records.objective(trait, coherence, threshold)
 
 
 def make_sampler(name: str, seed: int, space: dict[str, Any]) -> optuna.samplers.BaseSampler:
-    """TPE, GP and NSGA-II read each trial's `set_constraint("coherence", min - coherence)`."""
+    """TPE, GP and NSGA-II read each trial's coherence constraint (`min - coherence`)."""
     s = optuna.samplers
     if name == "tpe":
         return s.TPESampler(seed=seed, constant_liar=True)  # workers in flight: no repeats
@@ -48,8 +69,6 @@ def middle(search: Any) -> float:
 class Strategy:
     """Optuna-sampled layer x coef; subclasses override `propose`, `steering` and `fitness`."""
 
-    penalised = False
-
     def __init__(
         self,
         search: Any,
@@ -67,7 +86,10 @@ class Strategy:
         }
         if scale_only:
             del self.dists["layer"]
-        self.penalised = search.sampler == "cmaes"
+
+    def searched(self) -> list[str]:
+        """The `steering.*` fields a trial sets: per trial, never one value for the study."""
+        return [k for k in ("layer", "coef") if k in self.dists]
 
     def grid_space(self) -> dict[str, list[Any]]:
         lo, hi = self.search.coef_range
@@ -97,10 +119,12 @@ class Strategy:
         multi: bool = False,
     ) -> None:
         """Record a trial's scores and the coherence constraint (`threshold - coherence <= 0`
-        is feasible), then tell the study its objective value(s)."""
+        is feasible), then tell the study its objective value(s): [trait, coherence] when
+        multi-objective, else `objective_value` (an invalid trial ranks below every valid one;
+        the trait score itself for `RAW_VALUE_SAMPLERS`)."""
         trait, coherence = scores["trait"], scores["coherence"]
         feasible = coherence >= threshold
-        trial.set_constraint("coherence", threshold - coherence)
+        set_constraint(trial, threshold - coherence)
         attrs = {"feasible": feasible, **scores}
         if (fit := self.fitness(trait, coherence, threshold)) is not None:
             attrs["fitness"] = fit
@@ -108,9 +132,19 @@ class Strategy:
             trial.set_user_attr(k, v)
         if multi:
             study.tell(trial, [trait, coherence])
+        elif self.search.sampler in RAW_VALUE_SAMPLERS:
+            study.tell(trial, [trait])
         else:
-            penalty = 0.0 if feasible or not self.penalised else INFEASIBLE_PENALTY
-            study.tell(trial, [trait - penalty])
+            study.tell(trial, [objective_value(trait, coherence, threshold)])
+
+
+def set_constraint(trial: optuna.trial.Trial, value: float) -> None:
+    """Store the coherence constraint as Optuna's constraint list (one value), which both Optuna
+    (`trial.constraints`: TPE, GP, NSGA-II, `study.best_trial`) and optuna-dashboard read."""
+    storage = trial.storage
+    study_id = storage.get_study_id_from_name(trial.study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    storage.set_trial_system_attr(trial_id, CONSTRAINTS_ATTR, [float(value)])
 
 
 def _done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -170,7 +204,9 @@ class CmaEnsemble(Strategy):
         self.base = float(search.options.get("base", middle(search)))
         upper = float(search.options.get("upper", 4.0)) * self.base
         self.dists = {f"w{la}": FloatDistribution(0.0, upper) for la in self.ens_layers}
-        self.penalised = True
+
+    def searched(self) -> list[str]:
+        return ["weights"]
 
     def _es(self, study: optuna.Study) -> Any:
         import cma

@@ -38,6 +38,7 @@ from steerlab.config import SteeringConfig, position_of, redact, root_of
 from steerlab.errors import ConfigError
 from steerlab.records import Trial
 from steerlab.runner import weights
+from steerlab.search.strategies import INFEASIBLE_PENALTY, METRICS, RAW_VALUE_SAMPLERS
 from steerlab.tracking import flatten
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 SETTINGS = "settings.json"  # a readable copy of the settings, beside the study's trial folders
 SETTINGS_ATTR = "settings"  # study user attr: what the study's scores depend on
 PARENT_RUN = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow parent run
+OBJECTIVE = "objective"  # study user attr: what a single objective's value is
 READY = "ready"  # study user attr: placed (settings, first tries, parent run) by its creator
 WORKER = "worker"  # trial user attr: "<host>:<pid>" of the process evaluating it
 ERROR = "error"  # trial user attr: why a trial failed by itself (it counts toward n_trials)
@@ -70,7 +72,8 @@ def study_settings(cfg: DictConfig) -> dict[str, str]:
         {
             "model": part("model", ("engine",)),  # how fast, not what: same tokens
             "trait": part("trait", ()),
-            "extraction": part("extraction", SPEED),
+            # extraction.position is `position` (the effective one) again: compared once
+            "extraction": part("extraction", (*SPEED, "position")),
             "position": position_of(cfg),
             "steering": part("steering", ("layer", "coef", "weights", *SPEED)),
             "judge": part("judge", SPEED),
@@ -226,6 +229,7 @@ def open_study(cfg: DictConfig, sweep_dir: Path, directions: list[str]) -> Handl
         created = False
     if created:
         study.set_user_attr(SETTINGS_ATTR, settings)
+        name_objectives(study, float(cfg.search.coherence_min), str(cfg.search.sampler))
         for params in cfg.search.enqueue:
             study.enqueue_trial(dict(params), skip_if_exists=True)
     else:
@@ -237,10 +241,35 @@ def open_study(cfg: DictConfig, sweep_dir: Path, directions: list[str]) -> Handl
         else:
             where = f"{name!r} in {masked(url)}"
             compare_settings(then, settings, where, "give this sweep another search.storage")
+        if study.metric_names is None:  # a study of an earlier version
+            name_objectives(study, float(cfg.search.coherence_min), str(cfg.search.sampler))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not (sweep_dir / SETTINGS).is_file():
         (sweep_dir / SETTINGS).write_text(json.dumps(settings, indent=1))
     return Handle(study, storage, name, masked(url), created)
+
+
+def name_objectives(study: optuna.Study, coherence_min: float, sampler: str) -> None:
+    """Name the objectives (optuna-dashboard shows "trait", not "Objective 0") and say, in the
+    study's user attrs, what a single objective's value is."""
+    with warnings.catch_warnings():  # stable since Optuna 3.2, still flagged experimental
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        study.set_metric_names(list(METRICS[: len(study.directions)]))
+    if len(study.directions) > 1:
+        return
+    if sampler in RAW_VALUE_SAMPLERS:
+        what = (
+            f"the trait score; valid iff mean coherence >= {coherence_min:g} (the trials' "
+            f"constraint). {sampler} is told raw trait scores, so a value-only ranking (this "
+            "dashboard's best trial) may pick an invalid trial: steerlab's best is the best valid"
+        )
+    else:
+        what = (
+            f"trait when mean coherence >= {coherence_min:g} (valid); otherwise trait - "
+            f"{INFEASIBLE_PENALTY:g} - (coherence shortfall), below every valid trial. The trait "
+            "score itself is each trial's user attr `trait`"
+        )
+    study.set_user_attr(OBJECTIVE, what)
 
 
 def wait_for(study: optuna.Study, attr: str, timeout: float) -> Any:

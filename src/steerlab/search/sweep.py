@@ -32,8 +32,9 @@ from steerlab.ensembles import Ensemble, save_ensemble
 from steerlab.errors import ConfigError, InfraError
 from steerlab.models import shape_of
 from steerlab.records import Trial
+from steerlab.search import runs
 from steerlab.search import study as st
-from steerlab.search.pareto import frontier, plot_frontier, plot_heatmap
+from steerlab.search.pareto import frontier, plot_frontier, plot_layer_coef_map
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
 
 log = logging.getLogger("steerlab.sweeper")
@@ -72,7 +73,8 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
         study.sampler = make_sampler(
             search.sampler, st.sampler_seed(search.seed, study), strategy.grid_space()
         )
-        parent = _parent_run(cfg, handle, sweep_dir)
+        searched = strategy.searched()
+        parent = _parent_run(cfg, handle, sweep_dir, searched)
         setup = runner.setup(cfg)  # extraction, vetting and baseline once per process
     except (ValueError, FileNotFoundError) as e:
         label = redact(label)
@@ -83,6 +85,7 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
     base = steering_of(cfg)
     total = _total(cfg, strategy)
     not_logged: list[int] = []
+    progress = Progress(total, int(search.batch_size), len(setup.questions))
     while True:
         st.close_dead(study)
         done, flying = st.counted(study), st.in_flight(study)
@@ -100,9 +103,11 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
             continue
         steers = [strategy.steering(t, base) for t in trials]
         pending = list(trials)
+        progress.start([t.number for t in trials], done)
         try:
             with st.heartbeats(handle, trials):
                 outcomes = _evaluate(runner, setup, steers, root_of(cfg))
+                span = progress.evaluated()
                 for t, steer, outcome in zip(trials, steers, outcomes, strict=True):
                     if isinstance(outcome, Exception):  # the configuration's own failure
                         log.warning("trial %d failed: %s", t.number, secret_free(outcome, cfg))
@@ -110,7 +115,9 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                         pending.remove(t)
                         continue
                     job = sweep_dir / str(t.number)
-                    scores, error = rn.record(cfg, setup, steer, outcome, job, t.number, parent)
+                    scores, error = rn.record(
+                        cfg, setup, steer, outcome, job, t.number, parent, span
+                    )
                     if error:
                         t.set_user_attr("tracking_error", error)
                         not_logged.append(t.number)
@@ -127,9 +134,10 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                 "given back to the study (not counted); run the same command again to resume",
                 error=InfraError(f"{why} (the study resumes where it stopped)"),
             )
+        progress.end(study, search.coherence_min)
     trials = st.records(study, strategy, base, search.coherence_min)
     try:
-        summary = _finish(cfg, handle, trials, parent, sweep_dir, setup)
+        summary = _finish(cfg, handle, trials, parent, sweep_dir, setup, searched)
     except INFRA as e:
         why = secret_free(e, cfg)
         return Summary(f"\n== {redact(label)}: {why}", error=InfraError(f"{why} (trials kept)"))
@@ -193,10 +201,92 @@ def _evaluate(
     return out
 
 
-def _parent_run(cfg: DictConfig, handle: st.Handle, sweep_dir: Path) -> str | None:
+class Progress:
+    """What a batch of trials is doing, in the log: a line when it starts (`batch 3/6 (trials
+    4-5)`, K configurations x Q questions in one generate) and one when it ends (its time, the
+    trials counted so far, the best valid one, an ETA from this process's batches). A batch
+    takes seconds to minutes and prints nothing else."""
+
+    def __init__(self, total: int, batch_size: int, n_questions: int) -> None:
+        self.total, self.size, self.questions = total, max(1, batch_size), n_questions
+        self.n = max(1, math.ceil(total / self.size))
+        self.times: list[float] = []
+        self.label, self.started = "", 0.0
+
+    def start(self, numbers: list[int], done: int) -> None:
+        k = min(done // self.size + 1, self.n)
+        self.label = f"batch {k}/{self.n} ({_numbers(numbers)})"
+        self.started = time.time()
+        log.info(
+            "%s: %d configuration(s) x %d question(s) in one generate, then judged",
+            self.label,
+            len(numbers),
+            self.questions,
+        )
+
+    def evaluated(self) -> tuple[float, float]:
+        """(start, end) of the batch's generate and judging: its trials' MLflow run times."""
+        return self.started, time.time()
+
+    def end(self, study: optuna.Study, coherence_min: float) -> None:
+        took = time.time() - self.started
+        self.times.append(took)
+        done = st.counted(study)
+        left = max(self.total - done, 0)
+        eta = sum(self.times) / len(self.times) * math.ceil(left / self.size)
+        valid = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("feasible")
+        ]
+        top = max(valid, key=lambda t: float(t.user_attrs["trait"]), default=None)
+        best = (
+            f"best valid so far: trial {top.number}, trait {float(top.user_attrs['trait']):.1f}"
+            if top
+            else f"no valid trial yet (coherence >= {coherence_min:g})"
+        )
+        log.info(
+            "%s done in %s: %d/%d trials; %s; eta %s",
+            self.label,
+            duration(took),
+            done,
+            self.total,
+            best,
+            duration(eta) if left else "0s",
+        )
+
+
+def _numbers(numbers: list[int]) -> str:
+    """`trial 4`, `trials 4-5`, `trials 4, 7`."""
+    ns = sorted(numbers)
+    if len(ns) == 1:
+        return f"trial {ns[0]}"
+    if ns == list(range(ns[0], ns[-1] + 1)):
+        return f"trials {ns[0]}-{ns[-1]}"
+    return "trials " + ", ".join(map(str, ns))
+
+
+def duration(seconds: float) -> str:
+    """`8.2s`, `1m20s`, `2h05m`."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, sec = divmod(round(seconds), 60)
+    if m < 60:
+        return f"{m}m{sec:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def _parent_run(
+    cfg: DictConfig, handle: st.Handle, sweep_dir: Path, searched: list[str]
+) -> str | None:
     """The study's one MLflow parent run: made by the worker that created the study (its id
     kept in the study); the others wait for it. Child runs a killed worker left RUNNING are
-    closed as KILLED."""
+    closed as KILLED.
+
+    The `steering.*` fields a search sets per trial (`searched`) are not logged as its params:
+    their config defaults would read as the search's result. The children have them, and the
+    parent gets the best trial's as `best.*` tags when the study ends."""
     if not cfg.tracking.enabled:
         return None
     study, store = handle.study, tracking.store_of(cfg)
@@ -207,7 +297,7 @@ def _parent_run(cfg: DictConfig, handle: st.Handle, sweep_dir: Path) -> str | No
                 f"the study {handle.name!r} in {handle.url} has no MLflow parent run after "
                 f"{cfg.search.grace_period} s: its creator died while placing it; start again"
             )
-        if tracking.run_exists(store, str(run_id)):
+        if runs.run_exists(store, str(run_id)):
             _close_orphans(store, str(run_id), study)
             return str(run_id)
         log.warning(
@@ -217,6 +307,7 @@ def _parent_run(cfg: DictConfig, handle: st.Handle, sweep_dir: Path) -> str | No
     tags = {
         records.KIND: "sweep",
         "steerlab.sweep_dir": str(sweep_dir),
+        "steerlab.searched": ", ".join(f"steering.{k}" for k in searched),
         "optuna.storage": handle.url,
         "optuna.study": handle.name,
     }
@@ -224,7 +315,9 @@ def _parent_run(cfg: DictConfig, handle: st.Handle, sweep_dir: Path) -> str | No
         tags[records.STRATEGY] = cfg.combine.strategy
     name = f"sweep-{cfg.trait.name}-{sweep_dir.parent.name}-{sweep_dir.name}"
     exp = tracking.experiment_name(cfg)
-    with tracking.run(store, exp, name, tracking.run_params(cfg), tags=tags) as mlflow:
+    params = tracking.run_params(cfg)
+    params["steering"] = {k: v for k, v in params["steering"].items() if k not in searched}
+    with tracking.run(store, exp, name, params, tags=tags) as mlflow:
         run_id = mlflow.active_run().info.run_id
     study.set_user_attr(st.PARENT_RUN, run_id)
     return run_id
@@ -232,7 +325,7 @@ def _parent_run(cfg: DictConfig, handle: st.Handle, sweep_dir: Path) -> str | No
 
 def _close_orphans(store: tracking.Store, parent: str, study: optuna.Study) -> None:
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    if n := tracking.close_orphans(store, parent, running):
+    if n := runs.close_orphans(store, parent, running):
         log.warning("closed %d MLflow child run(s) a killed worker left running", n)
 
 
@@ -245,7 +338,9 @@ def _log_setup(cfg: DictConfig, parent: str, setup: rn.Setup) -> None:
         rows = setup.base.rows
         mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "baseline.json")
         mlflow.log_metrics(
-            {"baseline_trait": setup.base.trait, "baseline_coherence": setup.base.coherence}
+            tracking.rounded(
+                {"baseline_trait": setup.base.trait, "baseline_coherence": setup.base.coherence}
+            )
         )
 
 
@@ -256,7 +351,10 @@ def _finish(
     parent: str | None,
     sweep_dir: Path,
     setup: rn.Setup,
+    searched: list[str],
 ) -> Summary:
+    """The study's closing: trials.json, its parent run (trial table, Pareto frontier, best
+    trial, figures), the best child flagged, the runs-table view, the summary text."""
     failed, interrupted = st.n_failed(handle.study)
     front = frontier([(t.trait, t.coherence) for t in trials])
     best = records.best(trials)
@@ -264,20 +362,43 @@ def _finish(
     if best and cfg.search.sampler == "cmaes_ensemble":
         _save_ensemble(cfg, best, setup)
     if parent:
-        _close_orphans(tracking.store_of(cfg), parent, handle.study)
-        with tracking.run(tracking.store_of(cfg), "", "", run_id=parent) as mlflow:
-            tracking.log_sweep(mlflow, trials, front)
+        store, cmin = tracking.store_of(cfg), cfg.search.coherence_min
+        _close_orphans(store, parent, handle.study)
+        with tracking.run(store, "", "", run_id=parent) as mlflow:
+            tracking.log_sweep(mlflow, trials, front, cmin)
             mlflow.log_metrics(
                 {"n_complete": len(trials), "n_failed": failed, "pareto_size": len(front)}
             )
             if trials:
-                cmin = cfg.search.coherence_min
-                mlflow.log_artifact(
-                    str(plot_frontier(trials, front, cmin, sweep_dir / "pareto.png"))
-                )
-                mlflow.log_artifact(str(plot_heatmap(trials, sweep_dir / "heatmap.png")))
-    text = summary_text(cfg, trials, best, failed, interrupted, f"{handle.name!r} in {handle.url}")
+                pareto = plot_frontier(trials, front, cmin, sweep_dir / "pareto.png", best)
+                mlflow.log_artifact(str(pareto))
+                grid = plot_layer_coef_map(trials, cmin, sweep_dir / "layer_coef_map.png", best)
+                if grid is not None:
+                    mlflow.log_artifact(str(grid))
+        runs.mark_best(store, parent, best.number if best else None)
+        view = runs.runs_view(store, tracking.experiment_name(cfg), parent, searched)
+    where = f"{handle.name!r} in {handle.url}"
+    ui = _ui_hint(cfg, parent, view) if parent else ""
+    text = summary_text(cfg, trials, best, failed, interrupted, where, ui)
     return Summary(text, best, [trials[i] for i in front])
+
+
+def _ui_hint(cfg: DictConfig, parent: str, view: str) -> str:
+    """Where to look: every trial in the MLflow runs table (steerlab's shared view) and this
+    study's parent run, on a tracking server's own URL or `make ui` on the store."""
+    store = tracking.store_of(cfg)
+    exp = tracking.experiment_id(store, tracking.experiment_name(cfg))
+    run = f"#/experiments/{exp}/runs/{parent}?workflowType=machine_learning"
+    if isinstance(store, str) and store.startswith(("http://", "https://")):
+        base, how = redact(store).rstrip("/"), "MLflow:"
+    else:
+        where = f" STORE={redact(store)}" if isinstance(store, str) else f" ROOT={store}"
+        where = "" if store == Path.cwd().resolve() else where
+        base, how = "http://127.0.0.1:5000", f"MLflow: make ui{where}, then open"
+    return (
+        f"{how}\n  {base}/{view}  (every trial: scores, valid, best)\n"
+        f"  {base}/{run}  (this study: best trial, Pareto plot, layer x coef map)"
+    )
 
 
 def _save_ensemble(cfg: DictConfig, best: Trial, setup: rn.Setup) -> None:
@@ -300,6 +421,9 @@ def _save_ensemble(cfg: DictConfig, best: Trial, setup: rn.Setup) -> None:
     print(f"saved ensemble: {path}  ->  python -m steerlab steering.ensemble={name} ...")
 
 
+TOP_VALID, TOP_INVALID = 5, 3  # rows of the closing table
+
+
 def summary_text(
     cfg: DictConfig,
     trials: list[Trial],
@@ -307,23 +431,39 @@ def summary_text(
     failed: int,
     interrupted: int,
     storage: str,
+    ui: str = "",
 ) -> str:
-    """The study's closing lines: counts, the top trials (invalid ones marked x), the best."""
+    """The study's closing lines: counts; the best valid trials, then the strongest invalid ones
+    (a high trait score bought with incoherent text), each marked with why it does not count;
+    the best valid trial; where to look further."""
     study_of = cfg.combine.strategy or (
         f"{cfg.extraction.source} {position_of(cfg)} {cfg.extraction.method}"
     )
+    cmin = float(cfg.search.coherence_min)
     more = f", {interrupted} interrupted" if interrupted else ""
+    valid = sorted((t for t in trials if t.valid), key=records.rank, reverse=True)
+    invalid = sorted((t for t in trials if not t.valid), key=lambda t: (-t.trait, t.number or 0))
     lines = [
         f"\n== {cfg.trait.name} [{study_of} {cfg.steering.component}, {cfg.search.sampler}]: "
-        f"{len(trials)} trials done, {failed} failed{more}; study {storage}",
+        f"{len(trials)} trials done, {failed} failed{more} ({len(valid)} valid: mean coherence "
+        f">= {cmin:g}); study {storage}",
         f"{'trial':>5} {'where':>24} {'trait':>6} {'coh':>6} {'delta':>6}",
     ]
-    for t in sorted(trials, key=lambda t: (not t.valid, -t.trait))[:8]:
-        mark = "" if t.valid else " x"
-        lines.append(
+
+    def row(t: Trial, note: str) -> str:
+        return (
             f"{t.number:>5} {t.where():>24} {t.trait:>6.1f} {t.coherence:>6.1f} "
-            f"{t.delta:>+6.1f}{mark}"
-        )
+            f"{t.delta:>+6.1f}  {note}"
+        ).rstrip()
+
+    for t in valid[:TOP_VALID]:
+        lines.append(row(t, "<- best valid" if t is best else ""))
+    if len(valid) > TOP_VALID:
+        lines.append(f"{'':>5} ... {len(valid) - TOP_VALID} more valid")
+    for t in invalid[:TOP_INVALID]:
+        lines.append(row(t, f"x invalid (coherence {t.coherence:.1f} < {cmin:g})"))
+    if len(invalid) > TOP_INVALID:
+        lines.append(f"{'':>5} ... {len(invalid) - TOP_INVALID} more invalid")
     if best:
         what = (
             f"weights {best.row()['weights']}"
@@ -331,13 +471,11 @@ def summary_text(
             else f"layer {best.layer} coef {best.coef:.3g}"
         )
         lines.append(
-            f"best valid: {what} -> delta {best.delta:+.1f} (trait "
+            f"best valid: trial {best.number}, {what} -> delta {best.delta:+.1f} (trait "
             f"{best.trait:.1f}, coherence {best.coherence:.1f})"
         )
     else:
-        lines.append(f"no trial reached mean coherence >= {cfg.search.coherence_min:g}")
-    lines.append(
-        f"MLflow UI: make ui  (then open http://127.0.0.1:5000, experiment "
-        f"{tracking.experiment_name(cfg)!r})"
-    )
+        lines.append(f"no trial reached mean coherence >= {cmin:g}")
+    if ui:
+        lines.append(ui)
     return "\n".join(lines)

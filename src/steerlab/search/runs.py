@@ -1,0 +1,110 @@
+"""A sweep's runs in MLflow after its trials: the best child flagged, the shared runs-table
+view, and the runs a killed worker left behind closed (kept apart from `tracking`, which writes
+and reads records)."""
+
+from __future__ import annotations
+
+import json
+
+from steerlab import records
+from steerlab.tracking import Store, client
+
+BEST_TAG = "steerlab.best"  # "true" on the child run of the sweep's best valid trial
+# MLflow's shared views: an experiment tag `mlflow.sharedViewState.<key>` holding the runs
+# table's state, opened by `?viewStateShareKey=<key>` (3.17 sets no default columns from tags;
+# a plain visit shows the browser's own last view)
+VIEW_KEY = "steerlab"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_COLUMNS = (  # a trial's scores and flag; the parent's best trial (its page has the rest)
+    "metrics.`objective`",
+    "metrics.`trait`",
+    "metrics.`coherence`",
+    "metrics.`delta`",
+    "metrics.`valid`",
+    "tags.`steerlab.best`",
+    "tags.`best.trial`",
+    "tags.`best.layer`",
+    "tags.`best.coef`",
+)
+
+
+def mark_best(store: Store, parent_run_id: str, number: int | None) -> str | None:
+    """Tag the best trial's child run `steerlab.best=true` and untag any other (the best moves
+    when a resumed sweep finds a better trial); returns the best child's run id."""
+    c = client(store)
+    exp = c.get_run(parent_run_id).info.experiment_id
+    kids = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    for r in c.search_runs([exp], f"{kids} and tags.`{BEST_TAG}` = 'true'", max_results=1000):
+        if r.data.tags.get(records.TRIAL_TAG) != str(number):
+            c.delete_tag(r.info.run_id, BEST_TAG)
+    if number is None:
+        return None
+    query = f"{kids} and tags.`{records.TRIAL_TAG}` = '{number}' and attributes.status = 'FINISHED'"
+    found = c.search_runs([exp], query, max_results=1)
+    if not found:
+        return None
+    c.set_tag(found[0].info.run_id, BEST_TAG, "true")
+    return found[0].info.run_id
+
+
+def runs_view(store: Store, experiment: str, parent_run_id: str, searched: list[str]) -> str:
+    """Record the experiment's runs-table view as an MLflow shared view (scores, validity, the
+    best-trial flag, the searched `steering.*` params; this sweep's trials expanded under its
+    parent; sorted by `objective`, so the best valid trial comes first) and return its page,
+    `#/experiments/<id>/runs?...`.
+
+    `workflowType=machine_learning` opens MLflow 3.17's "Model training" UI (its runs table);
+    without it a browser opens the GenAI view, whatever the experiment's kind tag says."""
+    c = client(store)
+    exp = c.get_experiment_by_name(experiment)
+    try:
+        old = json.loads(exp.tags.get(VIEW_TAG, "{}"))
+    except ValueError:
+        old = {}
+    params = [c for c in old.get("selectedColumns", []) if c.startswith("params.")]
+    params += [f"params.`steering.{k}`" for k in searched]  # the experiment's other sweeps' too
+    columns = list(dict.fromkeys([*VIEW_COLUMNS, *params]))
+    expanded = {**old.get("runsExpanded", {}), parent_run_id: True}
+    state = {
+        "selectedColumns": columns,
+        "runsExpanded": dict(list(expanded.items())[-100:]),  # the latest sweeps
+        "orderByKey": "metrics.`objective`",
+        "orderByAsc": False,
+        "searchFilter": "",
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+    }
+    c.set_experiment_tag(exp.experiment_id, VIEW_TAG, json.dumps(state))
+    return (
+        f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        f"&viewStateShareKey={VIEW_KEY}"
+    )
+
+
+def run_exists(store: Store, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(store).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def close_orphans(store: Store, parent_run_id: str, running: set[int]) -> int:
+    """Close the child runs a killed worker left RUNNING (their trial is no longer in flight)
+    as KILLED; returns how many."""
+    c = client(store)
+    parent = c.get_run(parent_run_id)
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    closed = 0
+    for r in c.search_runs([parent.info.experiment_id], query, max_results=1000):
+        number = records.as_int(r.data.tags.get(records.TRIAL_TAG))
+        if number is not None and number in running:
+            continue
+        c.set_tag(r.info.run_id, "steerlab.interrupted", "true")
+        c.set_terminated(r.info.run_id, "KILLED")
+        closed += 1
+    return closed
