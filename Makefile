@@ -87,4 +87,4 @@ bench: setup  ## steering overhead and batched-config speed-up (ARGS=--model ...
 	$(PY) bench/steering_bench.py $(ARGS)
 
 clean:  ## remove caches and run outputs (keeps .venv)
-	rm -rf cache multirun outputs mlruns .pytest_cache
+	rm -rf cache multirun outputs mlruns monitor .pytest_cache

@@ -87,3 +87,44 @@ def tiny_args(root: Path, model: Path, *extra: str) -> list[str]:
         f"paths.root={root}",
         *extra,
     ]
+
+
+SWEEP = "multirun/smollm2/evil/natural-mean_diff-10/residual-tpe"  # the README's sweep folder
+ENSEMBLE = "evil-nat10_md-attn_contribution-L11-L13-L15"  # the README's saved ensemble
+
+
+def user_args(root: Path, model: Path, *extra: str) -> list[str]:
+    """A tiny-model sweep under the embedded model's name and `position=10`, so its folders
+    are the ones `make run` makes (`SWEEP`, `ensembles/ENSEMBLE.json`)."""
+    swap = {"position=5": "position=10", "model.name=tiny": "model.name=smollm2"}
+    return [swap.get(a, a) for a in tiny_args(root, model, *extra)]
+
+
+@pytest.fixture(scope="session")
+def user_root(tmp_path_factory) -> Path:
+    """What a user has after a search and an ensemble search, in one root folder: the sweep
+    folder `SWEEP`, the saved ensemble `ENSEMBLE` and their MLflow store, made by real sweeps
+    (`python -m steerlab -m`) of a random 16-layer Llama saved to disk standing in for SmolLM2."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("user-root")
+    model = root / "tiny16"
+    m = tiny_model("llama", layers=16)
+    m.model.save_pretrained(model)
+    m.tokenizer.save_pretrained(model)
+    for extra in (
+        ["search.n_trials=4"],
+        ["search=cmaes_ensemble", "steering=attn_ensemble", "search.n_trials=4"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "steerlab", *user_args(root, model, *extra)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert (root / SWEEP / "trials.json").is_file()
+    assert (root / "ensembles" / f"{ENSEMBLE}.json").is_file()
+    return root

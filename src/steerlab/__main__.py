@@ -1,7 +1,8 @@
 """`python -m steerlab trait=evil position=10` runs one job; add `-m` to search (see README).
 
-Thin entry point: Hydra composes `conf/`; a single job runs in `steerlab.runner.run_single`, a
-search in the steerlab sweeper (`hydra_plugins.steerlab_sweeper`), which owns its own runner.
+Thin entry point: Hydra composes the package's `conf/` (`src/steerlab/conf`, so an installed
+steerlab finds it too); a single job runs in `steerlab.runner.run_single`, a search in the
+steerlab sweeper (`hydra_plugins.steerlab_sweeper`), which owns its own runner.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from steerlab.config import register
+from steerlab.data import CONF_DIR
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+CONF = str(CONF_DIR)  # package data: works from a checkout and from a plain `pip install`
 register()
 
 

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # a source checkout's root (tests, data/)
+# The shipped `conf/` and `traits/` live inside the package, so a plain `pip install` (not only a
+# checkout) can compose configs and load the shipped traits; a checkout links them at its root.
+PACKAGE_DATA = Path(__file__).resolve().parent
+CONF_DIR = PACKAGE_DATA / "conf"
+TRAITS_DIR = PACKAGE_DATA / "traits"
 
 # file -> (required keys, minimum rows)
 _PAIR = ("positive", "negative")
@@ -65,7 +70,7 @@ class TraitData:
     natural: list[tuple[str, str]]  # (positive, negative) prefixes
     steering_questions: list[str]  # held-out
     calibration: list[Labelled] = field(default_factory=list)
-    root: Path = PROJECT_ROOT
+    root: Path = PACKAGE_DATA
 
     def digest(self) -> str:
         """Content hash of everything that determines extraction and evaluation."""
@@ -130,10 +135,19 @@ def _check_pairs(path: Path, rows: list[tuple[int, dict]]) -> None:
             raise TraitDataError(f"{path}:{n}: unmatched pair: positive and negative are identical")
 
 
+def data_path(path: str | Path) -> Path:
+    """A trait or config path as written in a config (`traits/evil`): absolute as is; relative to
+    the current directory when it exists there (a user's own traits), else to the package data
+    (the shipped ones, wherever steerlab is installed)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return PACKAGE_DATA / p if (PACKAGE_DATA / p).exists() else p
+
+
 def load_trait(directory: str | Path, minimums: dict[str, int] | None = None) -> TraitData:
     """Load and validate a trait folder; `minimums` maps file name -> minimum row count."""
-    d = Path(directory)
-    d = d if d.is_absolute() else PROJECT_ROOT / d
+    d = data_path(directory)
     meta_path = d / "trait.yaml"
     if not meta_path.is_file():
         raise TraitDataError(f"{meta_path}: file not found (a trait folder needs trait.yaml)")

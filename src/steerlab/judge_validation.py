@@ -22,7 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from steerlab import tracking
 from steerlab.config import ModelConfig, register
-from steerlab.data import LABELLED_KEYS, PROJECT_ROOT, TraitDataError, load_trait, read_jsonl
+from steerlab.data import (
+    CONF_DIR,
+    LABELLED_KEYS,
+    PROJECT_ROOT,
+    TraitDataError,
+    load_trait,
+    read_jsonl,
+)
 from steerlab.judges.base import cached_scores
 from steerlab.judges.factory import make_judge
 from steerlab.judges.metrics import spearman
@@ -30,7 +37,6 @@ from steerlab.markdown import cell
 from steerlab.markdown import table as md_table
 from steerlab.models import load_model
 
-CONF_DIR = PROJECT_ROOT / "conf"
 register()  # the judge yaml files pull their schemas from the ConfigStore
 KEYS = ("trait", *LABELLED_KEYS)
 

@@ -224,6 +224,15 @@ def wrap_model(
     return LoadedModel(model, tokenizer, ref, layers, attn_out, mlp_out)
 
 
+def hook_target(model: PreTrainedModel, arch: dict[str, str] | None = None) -> LoadedModel:
+    """A user's own model as a target for `steering.steer`: its layers found as `wrap_model`
+    finds them, and no tokenizer, so none is touched (`wrap_model` switches a tokenizer to left
+    padding, which the user's own calls may not expect; hooks never need one)."""
+    layers, attn_out, mlp_out = resolve_architecture(model, arch)
+    ref = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+    return LoadedModel(model, None, ref, layers, attn_out, mlp_out)  # type: ignore[arg-type]
+
+
 def shape_of(ref: str) -> tuple[int, int]:
     """(layer count, hidden size) of a model without loading its weights."""
     from transformers import AutoConfig

@@ -45,6 +45,7 @@ def check(cfg: DictConfig) -> None:
     """Cheap checks with one-line errors, before any model loads."""
     from steerlab.data import load_trait
     from steerlab.models import COMPONENTS, ModelSpec, check_variants
+    from steerlab.vectors import check_units
 
     position_of(cfg)
     load_trait(cfg.trait.dir)
@@ -89,6 +90,7 @@ def check(cfg: DictConfig) -> None:
     given += [(f"steering.mix[{i}].vector", m.vector) for i, m in enumerate(cfg.steering.mix)]
     for name, path in given:
         _check_vector_file(name, Path(path).expanduser(), n_layers, hidden)
+        check_units(Path(path).expanduser(), cfg.steering.coef_units)  # imported: no norms
     _check_judge(cfg)
 
 

@@ -55,14 +55,14 @@ def _deltas(model: LoadedModel, rows: Sequence[Terms]) -> dict[tuple[int, str], 
     return dict(by_site)
 
 
-def _add_hook(delta: torch.Tensor) -> Any:
+def _add_hook(delta: torch.Tensor, every_row: bool = False) -> Any:
     def hook(_module: Any, _inputs: Any, output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
-        if hidden.shape[0] != delta.shape[0]:
+        if hidden.shape[0] != delta.shape[0] and not every_row:
             raise RowMismatchError(
                 f"steered batch has {delta.shape[0]} rows but the model ran {hidden.shape[0]}"
             )
-        hidden = hidden + delta.to(hidden.dtype)[:, None, :]
+        hidden = hidden + delta.to(hidden.device, hidden.dtype)[:, None, :]
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     return hook
@@ -77,15 +77,20 @@ def is_steered(model: LoadedModel) -> bool:
 
 
 @contextmanager
-def steer(model: LoadedModel, rows: Sequence[Terms]) -> Iterator[None]:
-    """Steer batch row r with `rows[r]`; rows with an empty tuple run unsteered."""
+def steer(model: LoadedModel, rows: Sequence[Terms], every_row: bool = False) -> Iterator[None]:
+    """Steer batch row r with `rows[r]`; rows with an empty tuple run unsteered. `every_row`:
+    `rows` is one configuration added to every row of any batch (a user's own `generate`, whose
+    batch size beams or `num_return_sequences` change)."""
+    if every_row and len(rows) != 1:
+        raise ValueError(f"every_row takes one configuration, got {len(rows)}")
     handles = []
     _OPEN[id(model.model)] += 1
     try:
         for (layer, component), delta in _deltas(model, rows).items():
             if bool(delta.any()):
                 module = model.module(layer, component)
-                handles.append(module.register_forward_hook(_add_hook(delta.to(model.device))))
+                hook = _add_hook(delta.to(model.device), every_row)
+                handles.append(module.register_forward_hook(hook))
         yield
     finally:
         for h in handles:

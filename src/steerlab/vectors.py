@@ -33,8 +33,20 @@ class TraitVectors:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def has_norms(self) -> bool:
+        """Whether relative coefficients work: a file imported without a model has no norms."""
+        return bool(self.meta.get("norms"))
+
+    @property
     def norms(self) -> list[float]:
+        if not self.has_norms:
+            raise VectorFileError(no_norms_message(self.meta))
         return list(self.meta["norms"])
+
+    @property
+    def layers(self) -> list[int]:
+        """The layers with a direction: every row, unless the file lists fewer (an import)."""
+        return list(self.meta.get("layers") or range(len(self.vectors)))
 
     def absolute(self, layer: int, coef: float, units: str = "relative") -> float:
         """A coefficient in residual-norm units: relative ones scale by the layer's norm."""
@@ -47,6 +59,8 @@ class TraitVectors:
 
         if not 0 <= layer < len(self.vectors):
             raise ValueError(f"layer {layer} outside 0..{len(self.vectors) - 1}")
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} has no direction in this file; it has {self.layers}")
         return SteerTerm(
             layer, self.meta["component"], self.vectors[layer], self.absolute(layer, coef, units)
         )
@@ -122,3 +136,29 @@ def load_vectors(path: Path, expect: dict[str, Any] | None = None) -> TraitVecto
     if why := out.problem():
         raise VectorFileError(f"{path}: {why}")
     return out
+
+
+def no_norms_message(meta: dict[str, Any]) -> str:
+    where = meta.get("imported_from") or meta.get("model") or "this vector file"
+    return (
+        f"{where}: relative coefficients need each layer's activation norm, which this file "
+        "does not have (it was imported without a model); steer with absolute units "
+        "(steering.coef_units=absolute, or units='absolute' in the API), or import it again with "
+        "--model to compute the norms"
+    )
+
+
+def check_units(path: Path, units: str) -> None:
+    """Fail before any model loads when relative units meet a file without norms (reads only
+    the file's metadata)."""
+    from safetensors import safe_open
+
+    if units != "relative" or not path.is_file():
+        return
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["steerlab"])
+    except Exception:  # noqa: BLE001 - load_vectors reports malformed files in full
+        return
+    if not meta.get("norms"):
+        raise VectorFileError(f"{path}: {no_norms_message(meta)}")

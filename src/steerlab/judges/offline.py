@@ -71,7 +71,7 @@ import numpy as np
 import yaml
 
 from steerlab.cache import digest
-from steerlab.data import PROJECT_ROOT, Labelled, TraitData, read_labelled
+from steerlab.data import TRAITS_DIR, Labelled, TraitData, data_path, read_labelled
 from steerlab.judges.base import JudgeScore, clip_answer
 from steerlab.judges.config import OfflineJudgeConfig
 from steerlab.judges.offline_features import (
@@ -122,9 +122,9 @@ def _trait_name(folder: Path) -> str:
 def discover_calibration(dirs: Sequence[str | Path] | None = None) -> dict[str, list[Labelled]]:
     """trait name -> calibration rows, from the given trait folders or every `traits/*/` one."""
     if dirs is None:
-        folders = sorted(p.parent for p in (PROJECT_ROOT / "traits").glob("*/calibration.jsonl"))
+        folders = sorted(p.parent for p in TRAITS_DIR.glob("*/calibration.jsonl"))
     else:
-        folders = [Path(d) if Path(d).is_absolute() else PROJECT_ROOT / d for d in dirs]
+        folders = [data_path(d) for d in dirs]
     return {_trait_name(d): read_labelled(d / "calibration.jsonl") for d in folders}
 
 
