@@ -48,7 +48,6 @@ SETTINGS = "settings.json"  # a readable copy of the settings, beside the study'
 SETTINGS_ATTR = "settings"  # study user attr: what the study's scores depend on
 PARENT_RUN = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow parent run
 OBJECTIVE = "objective"  # study user attr: what a single objective's value is
-READY = "ready"  # study user attr: placed (settings, first tries, parent run) by its creator
 WORKER = "worker"  # trial user attr: "<host>:<pid>" of the process evaluating it
 ERROR = "error"  # trial user attr: why a trial failed by itself (it counts toward n_trials)
 LEGACY_NAME = "steerlab"  # the study name sqlite files of earlier versions hold
