@@ -77,7 +77,7 @@ class SteeringConfig:
     ensemble: str | None = None  # name or path of a saved ensemble file
     vector: str | None = None  # steer with this saved vector file instead of extracting one
     mix: list[MixTerm] = field(default_factory=list)  # terms from several vector files
-    n_questions: int | None = None  # None: every held-out steering question
+    n_questions: int | None = None  # None: every steering question confirm does not hold out
     max_new_tokens: int = 48
     batch_size: int = 32
 
@@ -112,6 +112,16 @@ class CombineConfig:
 
 
 @dataclass
+class ConfirmConfig:
+    """Each study's best valid trial, measured again on answers not used to choose it: the last
+    `n_questions` steering questions are held out of the search for it (0: no confirmation)."""
+
+    n_questions: int = 6
+    rollouts: int = 1  # answers per held-out question (> 1 needs temperature > 0)
+    temperature: float = 0.0  # 0: greedy, the search's decoding
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = True
     experiment: str | None = None  # default: "<model>/<trait>"
@@ -134,6 +144,7 @@ class SteerlabConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     combine: CombineConfig = field(default_factory=CombineConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     position: Any = None  # shorthand: overrides extraction.position (10 -> response[:10])
     experiment: Any = None

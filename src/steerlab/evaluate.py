@@ -86,8 +86,17 @@ def _judge(
     return cached_scores(judge, trait, pairs, cache)
 
 
-def steering_questions(trait: TraitData, n: int | None) -> list[str]:
-    return trait.steering_questions[:n] if n else list(trait.steering_questions)
+def steering_questions(trait: TraitData, n: int | None, held_out: int = 0) -> list[str]:
+    """The first `n` steering questions (None: all) of those the confirmation does not hold
+    out (the last `held_out`)."""
+    pool = trait.steering_questions[: len(trait.steering_questions) - held_out]
+    return pool[:n] if n else list(pool)
+
+
+def held_out_questions(trait: TraitData, held_out: int) -> list[str]:
+    """The last `held_out` steering questions: never asked by a search, so a confirmation on
+    them re-measures a chosen configuration without the winner's curse."""
+    return trait.steering_questions[len(trait.steering_questions) - held_out :] if held_out else []
 
 
 def baseline(

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -27,7 +27,7 @@ from steerlab.combinations import STRATEGIES
 from steerlab.config import SteeringConfig, cache_of, plain, position_of, root_of
 from steerlab.errors import ConfigError
 from steerlab.positions import parse_position
-from steerlab.records import objective
+from steerlab.records import objective, score_intervals
 
 if TYPE_CHECKING:
     from steerlab.data import TraitData
@@ -48,7 +48,7 @@ def check(cfg: DictConfig) -> None:
     from steerlab.vectors import check_units
 
     position_of(cfg)
-    load_trait(cfg.trait.dir)
+    _check_questions(cfg, len(load_trait(cfg.trait.dir).steering_questions))
     for name, allowed, value in (
         ("extraction.source", ("natural", "instruction"), cfg.extraction.source),
         ("extraction.method", ("mean_diff", "probe"), cfg.extraction.method),
@@ -117,6 +117,32 @@ def _check_numbers(cfg: DictConfig) -> None:
             raise ConfigError(f"{name}={x} must be >= {least}")
 
 
+def _check_questions(cfg: DictConfig, total: int) -> None:
+    """The search's questions and the confirmation's held-out ones fit the trait's list."""
+    c, n = cfg.confirm, cfg.steering.n_questions
+    where = f"{cfg.trait.dir}/steering.jsonl has {total} steering questions"
+    if not 0 <= c.n_questions < total:
+        raise ConfigError(
+            f"confirm.n_questions={c.n_questions} must be 0 (no confirmation) to {total - 1}: "
+            f"{where} and the search needs at least one"
+        )
+    if n is not None and (n < 1 or n + c.n_questions > total):
+        raise ConfigError(
+            f"steering.n_questions={n} with confirm.n_questions={c.n_questions} held out: "
+            f"{where}; ask 1 to {total - c.n_questions} (or null: all the others)"
+        )
+    if c.rollouts < 1 or not (math.isfinite(c.temperature) and c.temperature >= 0):
+        raise ConfigError(
+            f"confirm.rollouts={c.rollouts} must be >= 1 and confirm.temperature="
+            f"{c.temperature} a finite number >= 0"
+        )
+    if c.rollouts > 1 and c.temperature == 0:
+        raise ConfigError(
+            f"confirm.rollouts={c.rollouts} with confirm.temperature=0 repeats one greedy "
+            "answer; set confirm.temperature > 0 (e.g. 1.0) for fresh rollouts"
+        )
+
+
 def _unreadable(ref: str) -> bool:
     from steerlab.models import shape_of
 
@@ -168,6 +194,9 @@ class Setup:
     cache: Path
     coherence_min: float
     extraction_rows: list[dict] = field(default_factory=list)  # elicited, scored, vetted
+    held_out: list[str] = field(default_factory=list)  # the confirmation's questions x rollouts
+    held_base: Result | None = None  # the unsteered answers to them
+    confirm_gen: GenConfig | None = None
 
     def vector_meta(self) -> dict[str, Any]:
         meta = {k: v for k, v in self.vectors.meta.items() if k != "layer_stats"}
@@ -189,6 +218,7 @@ def setup_key(cfg: DictConfig) -> str:
         cfg.steering.n_questions,
         cfg.steering.max_new_tokens,
         cfg.search.coherence_min,
+        OmegaConf.to_container(cfg.confirm, resolve=True),
     )
 
 
@@ -249,12 +279,22 @@ class Runner:
             batch_size=cfg.steering.batch_size,
             engine=cfg.model.engine,
         )
-        questions = ev.steering_questions(trait, cfg.steering.n_questions)
+        c = cfg.confirm
+        questions = ev.steering_questions(trait, cfg.steering.n_questions, c.n_questions)
         cmin = float(cfg.search.coherence_min)
         base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cmin)
-        return Setup(
+        setup = Setup(
             steer_model, trait, vectors, vpath, judge, base, questions, gen, cache, cmin, rows
         )
+        if c.n_questions:  # rollouts are repeated prompts, sampled when temperature > 0
+            held = ev.held_out_questions(trait, c.n_questions)
+            held = [q for q in held for _ in range(c.rollouts)]
+            setup.confirm_gen = replace(gen, temperature=float(c.temperature), seed=int(cfg.seed))
+            setup.held_out = held
+            setup.held_base = ev.baseline(
+                steer_model, judge, trait, held, setup.confirm_gen, cache, cmin
+            )
+        return setup
 
     def _extract(
         self, cfg: DictConfig, trait: TraitData, judge: Judge, cache: Path
@@ -321,6 +361,25 @@ class Runner:
             )
         return tuple(setup.vectors.term(la, w, units) for la, w in weights(steer))
 
+    def confirm(self, setup: Setup, steer: SteeringConfig, root: Path) -> Result | None:
+        """One configuration on the held-out questions (None when nothing is held out)."""
+        from steerlab.evaluate import evaluate
+
+        if not setup.held_out or setup.confirm_gen is None:
+            return None
+        [result] = evaluate(
+            setup.model,
+            setup.judge,
+            setup.trait,
+            [self.terms(setup, steer, root)],
+            setup.held_out,
+            setup.confirm_gen,
+            setup.cache,
+            setup.held_base,
+            setup.coherence_min,
+        )
+        return result
+
     def evaluate(self, setup: Setup, steers: Sequence[SteeringConfig], root: Path) -> list[Result]:
         """Every configuration on every steering question in one batched generate."""
         from steerlab.evaluate import evaluate
@@ -349,6 +408,8 @@ def weights(steer: SteeringConfig) -> list[tuple[int, float]]:
 
 
 def metrics_of(result: Result, setup: Setup) -> dict[str, float]:
+    """Means, and their 95% bootstrap intervals over the questions (`trait_lo`, ...)."""
+    cis = score_intervals(result.rows, setup.base.rows)
     return {
         "trait": result.trait,
         "coherence": result.coherence,
@@ -356,6 +417,7 @@ def metrics_of(result: Result, setup: Setup) -> dict[str, float]:
         "valid": float(result.valid),
         "baseline_trait": setup.base.trait,
         "baseline_coherence": setup.base.coherence,
+        **{k: v for k, v in cis.items() if v is not None},
     }
 
 

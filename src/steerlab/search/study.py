@@ -76,8 +76,11 @@ def study_settings(cfg: DictConfig) -> dict[str, str]:
         d = OmegaConf.to_container(cfg[name], resolve=True)
         return {k: v for k, v in d.items() if k not in drop}  # type: ignore[union-attr]
 
+    # with every question asked (n_questions null) the held-out count decides which ones
+    held = {"confirm": {"n_questions": cfg.confirm.n_questions}}
     return flatten(
         {
+            **(held if cfg.steering.n_questions is None else {}),
             "model": part("model", ("engine",)),  # how fast, not what: same tokens
             "trait": part("trait", ()),
             # extraction.position is `position` (the effective one) again: compared once
@@ -442,4 +445,4 @@ def record(t: FrozenTrial, steer: SteeringConfig, coherence_min: float) -> Trial
     a = t.user_attrs
     terms = weights(steer) if steer.mix or steer.layers else ()
     scores = (float(a["trait"]), float(a["coherence"]), float(a["delta"]))
-    return Trial.of(t.number, steer.layer, steer.coef, terms, scores, coherence_min)
+    return Trial.of(t.number, steer.layer, steer.coef, terms, scores, coherence_min, a)

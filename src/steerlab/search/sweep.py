@@ -52,6 +52,7 @@ class Summary:
     best: Trial | None = None
     pareto: list[Trial] = field(default_factory=list)
     error: Exception | None = None
+    confirmation: records.Confirmation | None = None
 
 
 def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
@@ -137,7 +138,8 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
         progress.end(study, search.coherence_min)
     trials = st.records(study, strategy, base, search.coherence_min)
     try:
-        summary = _finish(cfg, handle, trials, parent, sweep_dir, setup, searched)
+        confirmed = _confirm(runner, cfg, study, strategy, trials, setup, sweep_dir)
+        summary = _finish(cfg, handle, trials, parent, sweep_dir, setup, searched, confirmed)
     except INFRA as e:
         why = secret_free(e, cfg)
         return Summary(f"\n== {redact(label)}: {why}", error=InfraError(f"{why} (trials kept)"))
@@ -266,6 +268,11 @@ def _numbers(numbers: list[int]) -> str:
     return "trials " + ", ".join(map(str, ns))
 
 
+def ci_text(ci: tuple[float, float] | None, sign: str = "") -> str:
+    """`[+2.1, +9.8]`, or `[n/a]` without per-question scores."""
+    return "[n/a]" if ci is None else f"[{ci[0]:{sign}.1f}, {ci[1]:{sign}.1f}]"
+
+
 def duration(seconds: float) -> str:
     """`8.2s`, `1m20s`, `2h05m`."""
     if seconds < 60:
@@ -344,6 +351,51 @@ def _log_setup(cfg: DictConfig, parent: str, setup: rn.Setup) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Confirmed:
+    """The best trial's held-out evaluation: its answers' rows and the unsteered ones."""
+
+    rows: list[dict[str, Any]]
+    base_rows: list[dict[str, Any]]
+    record: records.Confirmation
+
+
+CONFIRM_FILE = "confirmation.json"  # in the sweep folder: a finished study re-run reuses it
+
+
+def _confirm(
+    runner: rn.Runner,
+    cfg: DictConfig,
+    study: optuna.Study,
+    strategy: Strategy,
+    trials: list[Trial],
+    setup: rn.Setup,
+    sweep_dir: Path,
+) -> Confirmed | None:
+    """The best valid trial on the held-out questions (`confirm.*`), once per best trial: its
+    search score was chosen as the best of many on the search questions (optimistic), this one
+    was not."""
+    best = records.best(trials)
+    if best is None or not setup.held_out or setup.held_base is None:
+        return None
+    path = sweep_dir / CONFIRM_FILE
+    key = {"trial": best.number, "questions": setup.held_out}
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    if {k: cached.get(k) for k in key} == key:
+        rows, base_rows = cached["rows"], cached["baseline"]
+    else:
+        [frozen] = [t for t in study.get_trials(deepcopy=False) if t.number == best.number]
+        steer = strategy.steering(frozen, steering_of(cfg))
+        log.info("confirming trial %d on %d held-out answer(s)", best.number, len(setup.held_out))
+        result = runner.confirm(setup, steer, root_of(cfg))
+        if result is None:
+            return None
+        rows, base_rows = result.rows, setup.held_base.rows
+        path.write_text(json.dumps({**key, "rows": rows, "baseline": base_rows}, indent=1))
+    conf = records.Confirmation.of(best.number, rows, base_rows, setup.coherence_min)
+    return Confirmed(rows, base_rows, conf)
+
+
 def _finish(
     cfg: DictConfig,
     handle: st.Handle,
@@ -352,9 +404,11 @@ def _finish(
     sweep_dir: Path,
     setup: rn.Setup,
     searched: list[str],
+    confirmed: Confirmed | None = None,
 ) -> Summary:
     """The study's closing: trials.json, its parent run (trial table, Pareto frontier, best
-    trial, figures), the best child flagged, the runs-table view, the summary text."""
+    trial, its confirmation, figures), the best child flagged, the runs-table view, the summary
+    text."""
     failed, interrupted = st.n_failed(handle.study)
     front = frontier([(t.trait, t.coherence) for t in trials])
     best = records.best(trials)
@@ -369,6 +423,13 @@ def _finish(
             mlflow.log_metrics(
                 {"n_complete": len(trials), "n_failed": failed, "pareto_size": len(front)}
             )
+            if confirmed:
+                mlflow.log_metrics(tracking.rounded(confirmed.record.metrics()))
+                for name, rows in (
+                    (records.CONFIRMATION, confirmed.rows),
+                    (records.CONFIRMATION_BASELINE, confirmed.base_rows),
+                ):
+                    mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, name)
             if trials:
                 pareto = plot_frontier(trials, front, cmin, sweep_dir / "pareto.png", best)
                 mlflow.log_artifact(str(pareto))
@@ -379,8 +440,9 @@ def _finish(
         view = runs.runs_view(store, tracking.experiment_name(cfg), parent, searched)
     where = f"{handle.name!r} in {handle.url}"
     ui = _ui_hint(cfg, parent, view) if parent else ""
-    text = summary_text(cfg, trials, best, failed, interrupted, where, ui)
-    return Summary(text, best, [trials[i] for i in front])
+    conf = confirmed.record if confirmed else None
+    text = summary_text(cfg, trials, best, failed, interrupted, where, ui, conf)
+    return Summary(text, best, [trials[i] for i in front], confirmation=conf)
 
 
 def _ui_hint(cfg: DictConfig, parent: str, view: str) -> str:
@@ -432,6 +494,7 @@ def summary_text(
     interrupted: int,
     storage: str,
     ui: str = "",
+    confirmation: records.Confirmation | None = None,
 ) -> str:
     """The study's closing lines: counts; the best valid trials, then the strongest invalid ones
     (a high trait score bought with incoherent text), each marked with why it does not count;
@@ -447,13 +510,13 @@ def summary_text(
         f"\n== {cfg.trait.name} [{study_of} {cfg.steering.component}, {cfg.search.sampler}]: "
         f"{len(trials)} trials done, {failed} failed{more} ({len(valid)} valid: mean coherence "
         f">= {cmin:g}); study {storage}",
-        f"{'trial':>5} {'where':>24} {'trait':>6} {'coh':>6} {'delta':>6}",
+        f"{'trial':>5} {'where':>24} {'trait':>6} {'coh':>6} {'delta':>6} {'delta 95% CI':>14}",
     ]
 
     def row(t: Trial, note: str) -> str:
         return (
             f"{t.number:>5} {t.where():>24} {t.trait:>6.1f} {t.coherence:>6.1f} "
-            f"{t.delta:>+6.1f}  {note}"
+            f"{t.delta:>+6.1f} {ci_text(t.delta_ci, '+'):>14}  {note}"
         ).rstrip()
 
     for t in valid[:TOP_VALID]:
@@ -470,10 +533,22 @@ def summary_text(
             if best.weights
             else f"layer {best.layer} coef {best.coef:.3g}"
         )
+        border = " - borderline: its CI straddles the threshold" if best.borderline else ""
         lines.append(
-            f"best valid: trial {best.number}, {what} -> delta {best.delta:+.1f} (trait "
-            f"{best.trait:.1f}, coherence {best.coherence:.1f})"
+            f"best valid: trial {best.number}, {what} -> delta {best.delta:+.1f} "
+            f"{ci_text(best.delta_ci, '+')} (trait {best.trait:.1f}, coherence "
+            f"{best.coherence:.1f} {ci_text(best.coherence_ci)}{border}); 95% CIs over the "
+            "search questions, the best of all trials on them (optimistic)"
         )
+        if confirmation is not None and confirmation.delta is not None:
+            c = confirmation
+            ok = "valid" if c.valid else f"NOT valid (coherence < {cmin:g})"
+            ok += ", borderline" if c.borderline else ""
+            lines.append(
+                f"confirmed on {c.n} held-out question(s): delta {c.delta:+.1f} "
+                f"{ci_text(c.delta_ci, '+')}, coherence {c.coherence_mean:.1f} "
+                f"{ci_text(c.coherence_ci)} ({ok})"
+            )
     else:
         lines.append(f"no trial reached mean coherence >= {cmin:g}")
     if ui:

@@ -1,0 +1,121 @@
+"""Uncertainty of per-question scores: bootstrap confidence intervals and paired comparisons.
+
+A configuration's score is a mean over questions, so its uncertainty comes from which questions
+were asked. Every function resamples *questions* (rollouts of one question are averaged first, so
+a question counts once however many answers it has). Everything is seeded: the same scores give
+the same intervals and p-values, so a report is reproducible.
+
+The algorithms, exactly (a test recomputes them independently):
+
+- `bootstrap_ci(x)`: `rng = numpy.random.default_rng(seed)`; `idx = rng.integers(0, n, (B, n))`;
+  the B means `x[idx].mean(1)`; the interval is their `numpy.quantile` at (1 - level) / 2 and
+  (1 + level) / 2. One value: (x, x).
+- `sign_flip_p(d)`: the two-sided paired permutation test of mean(d) = 0. Every sign pattern
+  when n <= EXACT_MAX (2^n patterns, exact), else `rng.choice([-1, 1], (B, n))` with the first
+  pattern all +1; p = the share of patterns whose |mean(s * d)| >= |mean(d)| (1e-9 tolerance).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+SEED = 0
+N_BOOT = 10_000
+LEVEL = 0.95
+EXACT_MAX = 16  # sign-flip tests enumerate all 2^n patterns up to this many questions
+TOL = 1e-9
+
+Interval = tuple[float, float]
+
+
+def bootstrap_ci(
+    values: Sequence[float], seed: int = SEED, n_boot: int = N_BOOT, level: float = LEVEL
+) -> Interval | None:
+    """Percentile bootstrap interval of the mean of `values`; None when there are none."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return None
+    if x.size == 1:
+        return (float(x[0]), float(x[0]))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, (n_boot, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return (float(lo), float(hi))
+
+
+def sign_flip_p(diffs: Sequence[float], seed: int = SEED, n_perm: int = N_BOOT) -> float:
+    """Two-sided p-value of a paired permutation (sign-flip) test that mean(diffs) is 0."""
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0:
+        return 1.0
+    if d.size <= EXACT_MAX:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
+    else:
+        rng = np.random.default_rng(seed)
+        signs = rng.choice([-1.0, 1.0], (n_perm, d.size))
+        signs[0] = 1.0
+    observed = abs(d.mean())
+    return float(np.mean(np.abs((signs * d).mean(axis=1)) >= observed - TOL))
+
+
+def per_question(rows: Iterable[Mapping], field: str) -> dict[str, float]:
+    """Mean `field` per question over its rollouts (rows without a finite score are skipped),
+    in first-seen question order."""
+    sums: dict[str, list[float]] = {}
+    for r in rows:
+        v = r.get(field)
+        if v is None:
+            continue
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(x):
+            sums.setdefault(str(r.get("question", "")), []).append(x)
+    return {q: sum(xs) / len(xs) for q, xs in sums.items()}
+
+
+def excludes_zero(ci: Interval | None) -> bool:
+    return ci is not None and (ci[0] > 0 or ci[1] < 0)
+
+
+def straddles(ci: Interval | None, threshold: float) -> bool:
+    """The interval reaches both sides of `threshold` (a borderline validity)."""
+    return ci is not None and ci[0] < threshold <= ci[1]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """`a - b` over the questions both answered: mean difference, its interval, p-value, n."""
+
+    diff: float
+    ci: Interval
+    p: float
+    n: int
+
+    @property
+    def detected(self) -> bool:
+        """A difference is claimed only when the interval excludes 0."""
+        return excludes_zero(self.ci)
+
+
+def paired(a: Mapping[str, float], b: Mapping[str, float], seed: int = SEED) -> Paired | None:
+    """Paired comparison of two configurations' per-question scores (questions in `a`'s
+    order); None when they share no question."""
+    common = [q for q in a if q in b]
+    if not common:
+        return None
+    d = [a[q] - b[q] for q in common]
+    ci = bootstrap_ci(d, seed)
+    assert ci is not None
+    return Paired(float(np.mean(d)), ci, sign_flip_p(d, seed), len(d))
+
+
+def deltas(scores: Mapping[str, float], base: Mapping[str, float]) -> list[float]:
+    """Per-question trait minus the unsteered answer's on the same question."""
+    return [scores[q] - base[q] for q in scores if q in base]
