@@ -380,6 +380,7 @@ def read_sweeps(client: Any, experiment: str) -> list[Sweep] | None:
         if not trials:
             trials = _trial_from_metrics(metrics, cmin)
         trials.sort(key=lambda t: (t.number is None, t.number or 0))
+        conf = _confirmation(client, r, metrics, cmin)
         sweeps.append(
             Sweep(
                 run_id=r.info.run_id,
@@ -390,10 +391,26 @@ def read_sweeps(client: Any, experiment: str) -> list[Sweep] | None:
                 metrics=metrics,
                 tags=dict(r.data.tags),
                 trials=trials,
+                confirmation=conf,
             )
         )
     sweeps.sort(key=lambda s: s.run_id)
     return sweeps
+
+
+def _confirmation(
+    client: Any, run: Any, metrics: Mapping[str, float], cmin: float
+) -> records.Confirmation | None:
+    """A sweep's held-out re-evaluation of its best trial (when its run logged one)."""
+    if "confirm_n" not in metrics:
+        return None
+    uri, rid = run.info.artifact_uri, run.info.run_id
+    rows = records.table_rows(read_artifact(client, rid, uri, records.CONFIRMATION))
+    base = records.table_rows(read_artifact(client, rid, uri, records.CONFIRMATION_BASELINE))
+    if not rows or not base:
+        return None
+    trial = records.as_int(metrics.get("confirm_trial"))
+    return records.Confirmation.of(trial, rows, base, cmin)
 
 
 def read_keys(client: Any, experiment: str) -> list[Key]:

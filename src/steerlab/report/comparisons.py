@@ -17,6 +17,7 @@ from steerlab.records import (
     layer_label,
     order,
 )
+from steerlab.report import uncertainty as uq
 from steerlab.report.format import fmt_delta, fmt_score, missing, short
 from steerlab.report.gather import Report
 
@@ -40,13 +41,18 @@ class Row:
     trial: Trial | None  # the sweep's best valid trial
     delta85: float | None  # best delta at coherence >= HIGH_COHERENCE
     run: str | None
+    score: uq.Score | None = None  # the best trial, re-measured on held-out questions
 
     @classmethod
     def of(cls, label: str, s: Sweep) -> Row:
-        return cls(label, layers_label(s), s.component, s.best(), s.delta85, s.run_id)
+        t = s.best()
+        score = uq.score_of(t, s) if t else None
+        return cls(label, layers_label(s), s.component, t, s.delta85, s.run_id, score)
 
 
-def comparison_table(rows: list[Row]) -> list[str]:
+def comparison_table(rows: list[Row], ref_label: str) -> list[str]:
+    """The rows, each compared with the reference row (`ref_label`) over the held-out
+    questions both were confirmed on."""
     header = [
         "Config",
         "Layer(s)",
@@ -54,18 +60,32 @@ def comparison_table(rows: list[Row]) -> list[str]:
         "Weights / coef",
         "Trait",
         "Coh",
-        "Δ",
+        "Search Δ",
+        "Held-out Δ [95% CI]",
+        "This − best single (paired)",
         f"Δ @ coh ≥ {HIGH_COHERENCE:g}",
         "Run",
     ]
+    ref = next((r.score for r in rows if r.label == ref_label), None)
     body = []
     for r in rows:
         t = r.trial
-        scores = (
-            ["—", "—", "—", "no valid trial"]
-            if t is None
-            else [t.where(), fmt_score(t.trait), fmt_score(t.coherence), fmt_delta(t.delta)]
-        )
+        if t is None or r.score is None:
+            scores = ["—", "—", "—", "no valid trial", "—", "—"]
+        else:
+            held = r.score.text() if r.score.confirmed else "—"
+            p = uq.compare(r.score, ref)
+            vs = "(reference)" if r.label == ref_label else uq.fmt_paired(p)
+            if p is not None and r.label != ref_label:
+                vs += f": {uq.verdict('this', 'best single', p)}"
+            scores = [
+                t.where(),
+                fmt_score(t.trait),
+                fmt_score(t.coherence),
+                fmt_delta(t.delta),
+                held,
+                vs,
+            ]
         body.append([r.label, r.layers, r.component, *scores, fmt_delta(r.delta85), short(r.run)])
     return table(header, body)
 
@@ -123,6 +143,14 @@ def section_combinations(report: Report) -> list[str]:
     if not combos and not others:
         names = ", ".join(n for n, _ in report.experiments[1:]) or "none given"
         return out + missing(f"No combination or ensemble sweeps (experiments: {names}).")
+    out += [
+        "Search Δ: each sweep's best valid trial on the search questions (the best of its "
+        "trials, optimistic). Held-out Δ: that trial re-measured on questions no search asked. "
+        "The paired column is this configuration minus the best single over the same held-out "
+        "questions (95% bootstrap CI, sign-flip p); `this` or `best single` is named only when "
+        "the CI excludes 0.",
+        "",
+    ]
     by_group: dict[str, list[Sweep]] = {}
     for s in combos:
         by_group.setdefault(s.group, []).append(s)
@@ -131,7 +159,7 @@ def section_combinations(report: Report) -> list[str]:
         rows = [Row.of(strategy_label(s), s) for s in ss]
         out += [f"### Combination strategies — {group}", ""]
         out += combined_from(ss)
-        out += comparison_table(rows) + ["", pareto_note(rows, "best_single"), ""]
+        out += comparison_table(rows, "best_single") + ["", pareto_note(rows, "best_single"), ""]
     by_group = {}
     for s in others:
         by_group.setdefault(s.group, []).append(s)
@@ -148,9 +176,9 @@ def section_combinations(report: Report) -> list[str]:
         b = best_of(k for k in report.keys if k.group == group and k.component == "residual")
         if b:
             k, t, s = b
-            rows.append(
-                Row(ref, layer_label(t.layer), k.component, t, s.delta85, t.run_id or s.run_id)
-            )
+            layer = layer_label(t.layer)
+            score = uq.score_of(t, s)
+            rows.append(Row(ref, layer, k.component, t, s.delta85, t.run_id or s.run_id, score))
         out += [f"### Ensembles — {group}", ""]
-        out += comparison_table(rows) + ["", pareto_note(rows, ref), ""]
+        out += comparison_table(rows, ref) + ["", pareto_note(rows, ref), ""]
     return out

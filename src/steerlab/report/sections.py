@@ -15,7 +15,8 @@ from steerlab.records import (
     order,
     position_order,
 )
-from steerlab.report.analyse import WINDOW, baseline, describe, groups, operating_range
+from steerlab.report import uncertainty as uq
+from steerlab.report.analyse import WINDOW, baseline, groups, operating_range
 from steerlab.report.comparisons import section_combinations
 from steerlab.report.format import fmt_delta, fmt_score, layer_ranges, missing, plural, short
 from steerlab.report.gather import N_EXTRACTION, N_QUESTIONS, Report
@@ -27,38 +28,46 @@ def section_cross(keys: list[Key]) -> list[str]:
     if not gs:
         return out + missing("No sweep runs (tag steerlab.kind=sweep) to report.")
     out.append(
-        "Best valid delta (trait over the unsteered baseline) per source. Baseline: mean "
-        "`baseline_trait` of the trait's sweeps. Natural % = natural delta / instruction delta."
+        "Each source's best configuration is chosen by its search score (the best valid trial "
+        "on the search questions), then stated as **re-measured on held-out questions** "
+        "(`confirm.*`), Δ over the unsteered answers to the same questions, with a 95% "
+        "bootstrap CI over questions; `search` marks a number with no confirmation (optimistic: "
+        "the best of many on the questions that scored it). Natural − Instruction is paired "
+        "over the same held-out questions (bootstrap CI, sign-flip permutation p). A winner is "
+        "named only when that CI excludes 0. Natural % = natural Δ / instruction Δ, only where "
+        "the instruction Δ's CI lies above 0. Baseline: mean `baseline_trait` of the trait's "
+        "sweeps (search questions)."
     )
     out.append("")
     rows = []
-    for group, ks in gs.items():
-        base, n = baseline(ks)
-        bi = best_of(k for k in ks if k.source == "instruction")
-        bn = best_of(k for k in ks if k.source == "natural")
-        winner = pct = "—"
-        if bi and bn:
-            di, dn = bi[1].delta, bn[1].delta
-            winner = "instruction" if di > dn else "natural" if dn > di else "tie"
-            pct = f"{round(100 * dn / di)}%" if di > 0 else "—"
+    for c in uq.cross(gs):
+        base, n = baseline(gs[c.group])
         runs = ", ".join(
-            f"{lab} {short(b[1].run_id or b[2].run_id)}"
-            for lab, b in (("inst", bi), ("nat", bn))
+            f"{lab} {short(b[1].trial.run_id or b[2].run_id)}"
+            for lab, b in (("inst", c.inst), ("nat", c.nat))
             if b
         )
         rows.append(
             [
-                group,
+                c.group,
                 f"{fmt_score(base)}" if base is None else f"{base:.1f} (n={n})",
-                describe(bi[0], bi[1]) if bi else "—",
-                describe(bn[0], bn[1]) if bn else "—",
-                winner,
-                pct,
+                *(scored(b[0], b[1]) if b else "—" for b in (c.inst, c.nat)),
+                uq.fmt_paired(c.paired),
+                c.winner,
+                c.pct,
                 runs or "—",
             ]
         )
-    header = ["Trait", "Baseline", "Best Instruction", "Best Natural", "Winner", "Natural %"]
-    return out + table([*header, "Runs"], rows) + [""]
+    header = ["Trait", "Baseline", "Best Instruction", "Best Natural", "Natural − Instruction"]
+    return out + table([*header, "Winner", "Natural %", "Runs"], rows) + [""]
+
+
+def scored(key: Key, score: uq.Score) -> str:
+    """`+4.1 [-1.0, +9.3] (search +12.3; L5, c0.2, mean_diff, response[:])`."""
+    t = score.trial
+    extra = "" if key.component == "residual" else f", {key.component}"
+    search = f"search {fmt_delta(t.delta)}; " if score.confirmed else ""
+    return f"{score.text()} ({search}{t.where()}, {key.method}, {key.position}{extra})"
 
 
 def section_positions(keys: list[Key]) -> list[str]:
@@ -68,24 +77,46 @@ def section_positions(keys: list[Key]) -> list[str]:
         nat = [k for k in ks if k.source == "natural"]
         if not nat:
             continue
+        picks = {
+            pos: uq.best_score(k for k in nat if k.position == pos)
+            for pos in sorted({k.position for k in nat}, key=position_order)
+        }
+        top = max(
+            (p for p in picks if picks[p]), key=lambda p: picks[p][1].trial.delta, default=None
+        )
         rows = []
-        for pos in sorted({k.position for k in nat}, key=position_order):
-            b = best_of(k for k in nat if k.position == pos)
+        for pos, b in picks.items():
             if b is None:
-                rows.append([pos, "—", "—", "—", "no valid trial"])
+                rows.append([pos, "—", "—", "—", "—", "—", "no valid trial"])
                 continue
-            k, t, s = b
+            k, sc, sw = b
+            if pos == top:
+                vs = "(the search's best position)"
+            else:
+                p = uq.compare(picks[top][1], sc) if top else None
+                vs = f"{uq.fmt_paired(p)}: {uq.verdict(top or '', pos, p)}"
             rows.append(
                 [
                     pos,
-                    fmt_delta(t.delta),
-                    t.where().split(",")[0],
+                    sc.text(),
+                    fmt_delta(sc.trial.delta),
+                    sc.trial.where().split(",")[0],
                     k.method,
-                    short(t.run_id or s.run_id),
+                    vs,
+                    short(sc.trial.run_id or sw.run_id),
                 ]
             )
         body += [f"### {group}", ""]
-        body += table(["Position", "Best Δ", "Best Layer", "Method", "Run"], rows) + [""]
+        header = ["Position", "Δ [95% CI]", "Search Δ", "Best Layer", "Method"]
+        body += table([*header, "Best position − this (paired)", "Run"], rows) + [""]
+    if body:
+        body = [
+            "Each position's best natural configuration (by search score), re-measured on the "
+            "held-out questions; the last column compares the search's best position with each "
+            "other one over the same questions.",
+            "",
+            *body,
+        ]
     return out + (body or missing("No natural-source sweeps."))
 
 
@@ -100,10 +131,10 @@ def section_methods(keys: list[Key]) -> list[str]:
             cells.items(),
             key=lambda kv: (order(kv[0][0], SOURCES), position_order(kv[0][1]), kv[0][2]),
         ):
-            md, pr = (by.get(m) and by[m].best() for m in METHODS)
-            gap = fmt_delta(md[0].delta - pr[0].delta) if md and pr else "—"
+            md, pr = (uq.best_score([by[m]]) if m in by else None for m in METHODS)
+            p = uq.compare(md[1] if md else None, pr[1] if pr else None)
             runs = ", ".join(
-                f"{m} {short(b[0].run_id or b[1].run_id)}"
+                f"{m} {short(b[1].trial.run_id or b[2].run_id)}"
                 for m, b in zip(("md", "pr"), (md, pr), strict=True)
                 if b
             )
@@ -113,16 +144,17 @@ def section_methods(keys: list[Key]) -> list[str]:
                     group,
                     src,
                     label,
-                    fmt_delta(md[0].delta) if md else "—",
-                    fmt_delta(pr[0].delta) if pr else "—",
-                    gap,
+                    md[1].text() if md else "—",
+                    pr[1].text() if pr else "—",
+                    uq.fmt_paired(p),
+                    uq.verdict("mean_diff", "probe", p) if md and pr else "—",
                     runs or "no valid trial",
                 ]
             )
     if not rows:
         return out + missing("No sweeps.")
-    header = ["Trait", "Source", "Position", "mean_diff Δ", "probe Δ", "Gap (md − pr)", "Runs"]
-    return out + table(header, rows) + [""]
+    header = ["Trait", "Source", "Position", "mean_diff Δ", "probe Δ", "md − pr (paired)"]
+    return out + table([*header, "Better", "Runs"], rows) + [""]
 
 
 def section_layers(keys: list[Key]) -> list[str]:
@@ -186,9 +218,11 @@ def section_full(keys: list[Key]) -> list[str]:
         "Best Layer",
         "Coef",
         "Trait",
-        "Coh",
-        "Δ",
+        "Coh [95% CI]",
+        "Search Δ [95% CI]",
+        "Held-out Δ [95% CI]",
         "Valid",
+        "Best's validity",
         "Sweep",
         "Trial",
     ]
@@ -202,26 +236,35 @@ def section_full(keys: list[Key]) -> list[str]:
             key_cols = [k.name, k.source, k.position, k.method, k.component]
             if b is None:
                 sweeps = ", ".join(short(s.run_id) for s in k.sweeps)
-                none = ["—"] * 5
-                rows.append([*key_cols, *none, counts, sweeps, "no valid trial"])
+                none = ["—"] * 6
+                rows.append([*key_cols, *none, counts, "—", sweeps, "no valid trial"])
                 continue
             t, s = b
             layer = t.where() if t.weights else layer_label(t.layer)
+            conf = uq.score_of(t, s)
             rows.append(
                 [
                     *key_cols,
                     layer,
                     "—" if t.weights else fmt_coef(t.coef),
                     fmt_score(t.trait),
-                    fmt_score(t.coherence),
-                    fmt_delta(t.delta),
+                    f"{fmt_score(t.coherence)} {uq.fmt_ci(t.coherence_ci, '')}",
+                    f"{fmt_delta(t.delta)} {uq.fmt_ci(t.delta_ci)}",
+                    conf.text() if conf.confirmed else "—",
                     counts,
+                    t.validity(),
                     short(s.run_id),
                     short(t.run_id),
                 ]
             )
         out += [f"### {group}{note}", ""] + table(header, rows) + [""]
-    return out
+    what = (
+        "Best valid trial of each key by search score. CIs: 95% bootstrap over questions (Δ "
+        "paired with the unsteered answer to each question). Held-out Δ: that trial "
+        "re-measured on the questions the search never asked. Best's validity: `borderline` "
+        "when its coherence CI straddles `search.coherence_min`."
+    )
+    return [*out[:2], what, "", *out[2:]]
 
 
 def section_cosine(report: Report) -> list[str]:
@@ -312,6 +355,30 @@ def section_answers(report: Report) -> list[str]:
     return out
 
 
+def caveats(report: Report) -> list[str]:
+    """What the numbers rest on, first: models, judge and sizes, as the sweeps logged them."""
+    sweeps = [s for k in report.keys for s in k.sweeps] + report.extra
+    if not sweeps:
+        return []
+
+    def values(name: str, default: str = "?") -> str:
+        got = sorted({str(s.params.get(name, default)) for s in sweeps})
+        return ", ".join(f"`{v}`" for v in got)
+
+    trials = sorted({len(s.trials) for s in sweeps})
+    n_trials = f"{trials[0]}" if len(trials) == 1 else f"{trials[0]}-{trials[-1]}"
+    return [
+        f"**Setting:** model {values('model.name')} (steered: {values('model.steering')}), "
+        f"judge {values('judge.backend')}; {len(sweeps)} studies of {n_trials} trials; search "
+        f"questions per trial {values('steering.n_questions')} (`None`: all not held out), "
+        f"held-out questions {values('confirm.n_questions', '0')} x "
+        f"{values('confirm.rollouts', '1')} rollout(s); extraction pairs "
+        f"{values('extraction.max_pairs')}, vetting {values('extraction.vet.enabled')}. With "
+        "this few questions every interval is wide: read differences through their CIs.",
+        "",
+    ]
+
+
 def render(report: Report) -> str:
     """The whole report as Markdown."""
     exps = ", ".join(
@@ -323,6 +390,10 @@ def render(report: Report) -> str:
     )
     lines = [
         f"# steerlab report: {report.experiment}",
+        "",
+        *caveats(report),
+        *uq.summary(uq.cross(groups(report.keys))),
+        "## About this report",
         "",
         f"- Tracking URI: `{report.uri}`",
         f"- Experiments: {exps}",
