@@ -307,14 +307,18 @@ def _s(run_id):
 
 def test_cross_trait_rows(built):
     _, ids, _, md = built
+    # without per-question scores or a confirmation (an older store): search numbers, marked,
+    # no CI, no winner and no ratio
     assert (
-        "| evil | 3.0 (n=4) | +12.3 (L5, c0.2, mean_diff, response[:]) "
-        "| +15.0 (L7, c0.5, mean_diff, response[:10]) | natural | 122% "
+        "| evil | 3.0 (n=4) | +12.3 [n/a] (search) (L5, c0.2, mean_diff, response[:]) "
+        "| +15.0 [n/a] (search) (L7, c0.5, mean_diff, response[:10]) | — "
+        "| untested (no held-out confirmation of both) | n/a: no CI for the instruction Δ "
         f"| inst {_s(ids['inst_md_trial'])}, nat {_s(ids['nat10_md_trial'])} |"
     ) in md
     # the invalid trial (coherence 69.9 < 70) is ignored; trials come from the child runs
     assert (
-        "| sycophancy | 35.0 (n=1) | +35.0 (L3, c1.25, mean_diff, response[:]) | — | — | — |" in md
+        "| sycophancy | 35.0 (n=1) | +35.0 [n/a] (search) (L3, c1.25, mean_diff, response[:]) "
+        "| — | — | — | — |" in md
     )
     assert "+37.0" not in md and "+57.0" not in md and "+45.0" not in md
 
@@ -327,10 +331,16 @@ def test_header_traces_the_store(built):
 
 def test_positions_methods_layers(built):
     _, ids, _, md = built
-    assert "| response[:5] | +10.0 | L6 | mean_diff |" in md
-    assert f"| response[:10] | +15.0 | L7 | mean_diff | {_s(ids['nat10_md_trial'])} |" in md
-    assert "| evil | instruction | response[:] | +12.3 | +11.0 | +1.3 |" in md
-    assert "| evil | natural | response[:10] | +15.0 | — | — |" in md
+    assert "| response[:5] | +10.0 [n/a] (search) | +10.0 | L6 | mean_diff | untested" in md
+    assert (
+        "| response[:10] | +15.0 [n/a] (search) | +15.0 | L7 | mean_diff "
+        f"| (the search's best position) | {_s(ids['nat10_md_trial'])} |"
+    ) in md
+    assert (
+        "| evil | instruction | response[:] | +12.3 [n/a] (search) | +11.0 [n/a] (search) | — "
+        "| untested" in md
+    )
+    assert "| evil | natural | response[:10] | +15.0 [n/a] (search) | — | — | — |" in md
     assert "| evil | L5 (inst_md) | L7 (nat10_md) | 2 layers |" in md
     # operating range: valid trials within 5 trait points of 15.3 (L5 and L4; not L9, not L6)
     assert (
@@ -343,12 +353,13 @@ def test_full_table(built):
     _, ids, _, md = built
     assert "### evil (baseline trait 3.0, mean of 4 sweeps)" in md
     assert (
-        "| inst_md | instruction | response[:] | mean_diff | residual | L5 | 0.2 | 15.3 | 80.0 "
-        f"| +12.3 | 3/4 | {_s(ids['inst_md'])} | {_s(ids['inst_md_trial'])} |"
+        "| inst_md | instruction | response[:] | mean_diff | residual | L5 | 0.2 | 15.3 "
+        f"| 80.0 [n/a] | +12.3 [n/a] | — | 3/4 | yes | {_s(ids['inst_md'])} "
+        f"| {_s(ids['inst_md_trial'])} |"
     ) in md
     assert (
-        "| nat10_md | natural | response[:10] | mean_diff | residual | L7 | 0.5 | 18.0 | 71.0 "
-        "| +15.0 | 1/2 |" in md
+        "| nat10_md | natural | response[:10] | mean_diff | residual | L7 | 0.5 | 18.0 "
+        "| 71.0 [n/a] | +15.0 [n/a] | — | 1/2 | yes |" in md
     )
     full = md[md.index("## 5.") : md.index("## 6.")]
     assert (
@@ -371,14 +382,14 @@ def test_combinations_and_ensembles(built):
     _, ids, _, md = built
     combo = md[md.index("### Combination strategies — evil") :]
     assert (
-        f"| combined@instruction_layer | L5 | residual | L5, c0.3 | 14.0 | 88.0 | +11.0 | +11.0 "
-        f"| {_s(ids['combo'])} |"
+        "| combined@instruction_layer | L5 | residual | L5, c0.3 | 14.0 | 88.0 | +11.0 | — "
+        f"| — | +11.0 | {_s(ids['combo'])} |"
     ) in combo
     assert combo.index("combined@instruction_layer |") < combo.index("| best_single |")
     assert "`best_single` is `inst_md` (instruction)." in combo
     assert (
-        f"| ensemble_half | L5+L5 | residual | L5=0.1, L5=0.25 | 9.0 | 90.0 | +6.0 | +6.0 "
-        f"| {_s(ids['half'])} |"
+        "| ensemble_half | L5+L5 | residual | L5=0.1, L5=0.25 | 9.0 | 90.0 | +6.0 | — | — "
+        f"| +6.0 | {_s(ids['half'])} |"
     ) in combo
     assert (
         "**Pareto note:** at coherence ≥ 85, the best single reaches +2.0; "
@@ -388,11 +399,11 @@ def test_combinations_and_ensembles(built):
     ens = md[md.index("### Ensembles — evil") :]
     assert (
         "| L5+L7 mean_diff | L5+L7 | attn_contribution | L5=0.3, L7=1.2 | 16.0 | 88.0 | +13.0 "
-        f"| +13.0 | {_s(ids['ens'])} |"
+        f"| — | — | +13.0 | {_s(ids['ens'])} |"
     ) in ens
     assert (
-        "| Best single residual | L7 | residual | L7, c0.5 | 18.0 | 71.0 | +15.0 | +1.0 "
-        f"| {_s(ids['nat10_md_trial'])} |"
+        "| Best single residual | L7 | residual | L7, c0.5 | 18.0 | 71.0 | +15.0 | — "
+        f"| (reference) | +1.0 | {_s(ids['nat10_md_trial'])} |"
     ) in ens
 
 
@@ -455,7 +466,7 @@ def test_subprocess(store, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     md = (tmp_path / "report.md").read_text()
-    assert "| natural | 122% |" in md and _s(ids["nat10_md_trial"]) in md
+    assert "+15.0 [n/a] (search) (L7, c0.5" in md and _s(ids["nat10_md_trial"]) in md
     assert "report:" in done.stdout
 
 
@@ -482,5 +493,5 @@ def test_coherence_min_zero_and_a_child_run_without_coef(tmp_path):
     assert "`search.coherence_min` (0)" in md
     assert (
         "| inst_md | instruction | response[:] | mean_diff | residual | L3=nan, L4=nan | — | 40.0 "
-        f"| 10.0 | +37.0 | 1/1 | {_s(sweep)} |"
+        f"| 10.0 [n/a] | +37.0 [n/a] | — | 1/1 | yes | {_s(sweep)} |"
     ) in md

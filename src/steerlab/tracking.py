@@ -251,6 +251,20 @@ def log_sweep(
     return best
 
 
+def log_confirmation(
+    mlflow: Any,
+    confirmation: records.Confirmation,
+    rows: list[dict[str, Any]],
+    base_rows: list[dict[str, Any]],
+) -> None:
+    """A sweep's held-out re-measurement of its best trial on its parent run: `confirm_*`
+    metrics, and the steered and unsteered answers with their scores (`read_sweeps` reads the
+    per-question scores back from them)."""
+    mlflow.log_metrics(rounded(confirmation.metrics()))
+    for name, got in ((records.CONFIRMATION, rows), (records.CONFIRMATION_BASELINE, base_rows)):
+        mlflow.log_table({k: [r[k] for r in got] for k in got[0]}, name)
+
+
 def best_tags(best: Trial) -> dict[str, str]:
     """`best.trial`, `best.layer` and `best.coef` (or `best.weights` of an ensemble), and the
     best trial's child run."""

@@ -94,7 +94,8 @@ def section_positions(keys: list[Key]) -> list[str]:
                 vs = "(the search's best position)"
             else:
                 p = uq.compare(picks[top][1], sc) if top else None
-                vs = f"{uq.fmt_paired(p)}: {uq.verdict(top or '', pos, p)}"
+                vs = uq.verdict(top or "", pos, p)
+                vs = vs if p is None else f"{uq.fmt_paired(p)}: {vs}"
             rows.append(
                 [
                     pos,
@@ -366,10 +367,10 @@ def caveats(report: Report) -> list[str]:
         return ", ".join(f"`{v}`" for v in got)
 
     trials = sorted({len(s.trials) for s in sweeps})
-    n_trials = f"{trials[0]}" if len(trials) == 1 else f"{trials[0]}-{trials[-1]}"
+    n_trials = f"{trials[0]}-{trials[-1]} trials" if len(trials) > 1 else plural(trials[0], "trial")
     return [
         f"**Setting:** model {values('model.name')} (steered: {values('model.steering')}), "
-        f"judge {values('judge.backend')}; {len(sweeps)} studies of {n_trials} trials; search "
+        f"judge {values('judge.backend')}; {len(sweeps)} studies of {n_trials}; search "
         f"questions per trial {values('steering.n_questions')} (`None`: all not held out), "
         f"held-out questions {values('confirm.n_questions', '0')} x "
         f"{values('confirm.rollouts', '1')} rollout(s); extraction pairs "

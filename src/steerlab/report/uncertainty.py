@@ -110,9 +110,12 @@ def verdict(a: str, b: str, p: Paired | None) -> str:
 
 def natural_pct(inst: Score | None, nat: Score | None) -> str:
     """Natural delta / instruction delta, only where the instruction delta's CI lies above 0
-    (a ratio over a delta that may be 0 or negative means nothing)."""
+    (a ratio over a delta that may be 0 or negative means nothing) and both are measured alike
+    (held-out, or both search scores)."""
     if inst is None or nat is None:
         return "—"
+    if inst.confirmed != nat.confirmed:
+        return "n/a: only one Δ is held-out"
     if inst.ci is None:
         return "n/a: no CI for the instruction Δ"
     if inst.ci[0] <= 0:
@@ -181,8 +184,9 @@ def summary(rows: list[Cross]) -> list[str]:
     won = sum(1 for c in both if c.paired and c.paired.detected)
     lead = (
         f"Natural vs instruction vectors, each source's best configuration re-measured on "
-        f"held-out questions (Δ over the unsteered baseline, 95% bootstrap CI): a winner is "
-        f"named for {won} of {len(both)} trait(s)."
+        f"held-out questions (Δ over the unsteered baseline, 95% bootstrap CI; `search` marks "
+        f"an unconfirmed search score): a winner is named for {won} of {len(both)} trait(s), "
+        "where the CI of the paired difference excludes 0."
     )
     return [lead, "", *(f"- {x}." for x in parts), ""]
 

@@ -424,12 +424,9 @@ def _finish(
                 {"n_complete": len(trials), "n_failed": failed, "pareto_size": len(front)}
             )
             if confirmed:
-                mlflow.log_metrics(tracking.rounded(confirmed.record.metrics()))
-                for name, rows in (
-                    (records.CONFIRMATION, confirmed.rows),
-                    (records.CONFIRMATION_BASELINE, confirmed.base_rows),
-                ):
-                    mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, name)
+                tracking.log_confirmation(
+                    mlflow, confirmed.record, confirmed.rows, confirmed.base_rows
+                )
             if trials:
                 pareto = plot_frontier(trials, front, cmin, sweep_dir / "pareto.png", best)
                 mlflow.log_artifact(str(pareto))
