@@ -66,6 +66,10 @@ def no_trials(root: Path) -> bool:
         (["steering.cof=0.2"], False, ["steering.cof", "coef", "layer"]),
         (["+steering.cof=0.2"], False, ["steering.cof", "coef"]),
         (["judge.modle=x"], False, ["judge.modle"]),
+        (["confirm.n_questions=20"], True, ["confirm.n_questions=20", "steering.jsonl has 20"]),
+        (["steering.n_questions=15"], True, ["steering.n_questions=15", "1 to 14"]),
+        (["confirm.rollouts=2"], True, ["confirm.rollouts=2", "confirm.temperature > 0"]),
+        (["confirm.temperature=-1"], True, ["confirm.temperature=-1.0", ">= 0"]),
     ],
 )
 def test_bad_values_fail_in_one_line_before_any_model_loads(

@@ -25,6 +25,21 @@ def sweep(root: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+def boot(values: list[float], n_boot: int = 10_000) -> tuple[float, float]:
+    """The percentile bootstrap of the mean (seed 0), written as a loop."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    means = [sum(values[int(i)] for i in rng.integers(0, len(values), len(values))) / len(values)
+             for _ in range(n_boot)]  # fmt: skip
+    return tuple(np.quantile(means, [0.025, 0.975]))
+
+
+def held_delta(held: dict) -> float:
+    base = {r["question"]: r["trait"] for r in held["baseline"]}
+    return sum(r["trait"] - base[r["question"]] for r in held["rows"]) / len(held["rows"])
+
+
 def test_sweep_runs_records_and_resumes_on_a_tiny_model(tmp_path, tiny_dir):
     first = sweep(tmp_path, tiny_dir, "search.n_trials=3")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -37,7 +52,21 @@ def test_sweep_runs_records_and_resumes_on_a_tiny_model(tmp_path, tiny_dir):
         metrics = json.loads((job / "metrics.json").read_text())
         assert metrics["trait"] == pytest.approx(r["trait"])
         assert f"layer: {r['layer']}" in (job / "config.yaml").read_text()
-        assert len((job / "responses.jsonl").read_text().splitlines()) == 2
+        answers = [json.loads(line) for line in (job / "responses.jsonl").read_text().splitlines()]
+        assert len(answers) == 2
+        # 95% bootstrap CIs over the questions, beside the means (a loop bootstrap, seed 0)
+        for name in ("trait", "coherence"):
+            lo, hi = boot([a[name] for a in answers])
+            assert (r[f"{name}_lo"], r[f"{name}_hi"]) == pytest.approx((lo, hi))
+        assert r["delta_lo"] <= r["delta"] <= r["delta_hi"]
+    # the best valid trial re-measured on held-out questions the search never asked
+    held = json.loads((sweep_dir / "confirmation.json").read_text())
+    best = max((r for r in rows if r["valid"]), key=lambda r: (r["delta"], r["coherence"]))
+    assert held["trial"] == best["trial"] and len(held["rows"]) == 6
+    asked = {a["question"] for a in answers}
+    assert asked and not asked & {q["question"] for q in held["rows"]}
+    assert f"confirmed on 6 held-out question(s): delta {held_delta(held):+.1f}" in first.stdout
+    assert "delta 95% CI" in first.stdout
 
     again = sweep(tmp_path, tiny_dir, "search.n_trials=5")  # resume: only 2 more trials
     assert again.returncode == 0, again.stderr[-3000:]

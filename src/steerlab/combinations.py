@@ -38,6 +38,7 @@ HALF_SCALE = (0.5, 2.0)  # ensemble_half's multiplier range around exactly half 
 # settings that must match the source study, or its best layer/coef mean something else
 MUST_MATCH = (
     "steering.n_questions",
+    "confirm.n_questions",  # the held-out questions the report pairs with the source studies
     "steering.max_new_tokens",
     "steering.coef_units",
     "judge.backend",

@@ -80,7 +80,7 @@ def study_settings(cfg: DictConfig) -> dict[str, str]:
     held = {"confirm": {"n_questions": cfg.confirm.n_questions}}
     return flatten(
         {
-            **(held if cfg.steering.n_questions is None else {}),
+            **(held if cfg.steering.n_questions is None and cfg.confirm.n_questions else {}),
             "model": part("model", ("engine",)),  # how fast, not what: same tokens
             "trait": part("trait", ()),
             # extraction.position is `position` (the effective one) again: compared once
