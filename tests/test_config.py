@@ -68,6 +68,7 @@ def test_size_presets_apply_after_the_experiment_and_before_the_command_line():
     cfg = _compose("experiment=model_diff", "size=cpu")
     assert (cfg.search.n_trials, cfg.steering.n_questions, cfg.extraction.max_pairs) == (6, 4, 80)
     assert cfg.extraction.vet.enabled is False
+    assert (cfg.confirm.n_questions, _compose().confirm.n_questions) == (8, 6)  # 8 held out
     assert _compose("experiment=model_diff").search.n_trials == 8  # the overlay's own
     assert _compose("experiment=model_diff", "size=cpu", "search.n_trials=3").search.n_trials == 3
     ref = _compose("experiment=combinations", "size=reference")

@@ -20,7 +20,10 @@ VIEW_COLUMNS = (  # a trial's scores and flag; the parent's best trial (its page
     "metrics.`trait`",
     "metrics.`coherence`",
     "metrics.`delta`",
+    "metrics.`delta_lo`",  # its 95% CI over the questions
+    "metrics.`delta_hi`",
     "metrics.`valid`",
+    "metrics.`confirm_delta`",  # a parent's best trial on held-out questions
     "tags.`steerlab.best`",
     "tags.`best.trial`",
     "tags.`best.layer`",
