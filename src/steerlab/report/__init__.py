@@ -11,13 +11,15 @@ The pipeline, each step testable on its own:
     render   sections.render                    Report -> Markdown, no I/O
     draw     figures.draw                       Report -> PNG figures
 
-Modules: `analyse` (pure analysis over records), `gather` (the Report and the artifacts it
-reads), `sections` (sections 1-6 and 8, and `render`), `comparisons` (section 7), `figures`,
-`format` (number and run-id formatting), `cli` (the command line).
+Modules: `analyse` (pure analysis over records), `uncertainty` (held-out numbers, CIs, paired
+comparisons and the decisions drawn from them, the summary paragraph), `gather` (the Report and
+the artifacts it reads), `sections` (sections 1-6 and 8, and `render`), `comparisons` (section
+7), `figures`, `format` (number and run-id formatting), `cli` (the command line).
 
 A trial counts ("valid") only when its mean coherence is at least its sweep's
 `search.coherence_min`; every "best" is the best valid trial by delta over the baseline
-(`steerlab.records` owns those rules).
+(`steerlab.records` owns those rules), and is then stated as re-measured on held-out questions
+(its sweep's confirmation) with a 95% CI.
 """
 
 from steerlab.report.cli import main

@@ -1,6 +1,7 @@
 """Pure analysis over the results model (`steerlab.records`) that the report's sections share:
-traits grouped, mean baselines, a key's operating range, a best trial described in words, and the
-cosine of two vector rows. The best-trial rules themselves are records' (`Key.best`, `best_of`)."""
+traits grouped, mean baselines, a key's operating range and the cosine of two vector rows. The
+best-trial rules themselves are records' (`Key.best`, `best_of`); how sure each number is, the
+`uncertainty` module's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from steerlab.records import Key, Trial
-from steerlab.report.format import fmt_delta
 
 WINDOW = 5.0  # operating range: valid trials whose trait is within this many points of the best
 
@@ -40,12 +40,6 @@ def operating_range(key: Key, window: float = WINDOW) -> list[Trial]:
         for t in s.trials
         if t.valid and not t.weights and t.layer is not None and t.trait >= top - window
     ]
-
-
-def describe(key: Key, t: Trial) -> str:
-    """`+12.3 (L5, c0.2, mean_diff, response[:])`, with the component when not residual."""
-    extra = "" if key.component == "residual" else f", {key.component}"
-    return f"{fmt_delta(t.delta)} ({t.where()}, {key.method}, {key.position}{extra})"
 
 
 def cosine(a: Any, b: Any) -> float:

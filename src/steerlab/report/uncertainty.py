@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from steerlab import stats
-from steerlab.records import Confirmation, Key, Sweep, Trial
+from steerlab.records import Confirmation, Key, Sweep, Trial, best_of
 from steerlab.report.format import fmt_delta
 from steerlab.stats import Interval, Paired
 
@@ -68,8 +68,6 @@ def score_of(trial: Trial, sweep: Sweep) -> Score:
 
 def best_score(keys: Iterable[Key]) -> tuple[Key, Score, Sweep] | None:
     """The configuration the searches chose over several keys (best search delta), scored."""
-    from steerlab.records import best_of
-
     b = best_of(keys)
     return None if b is None else (b[0], score_of(b[1], b[2]), b[2])
 
