@@ -113,7 +113,7 @@ def _sweep(root, exp, params, search, held=None, *, coherence=None, tags=None):
         if held is not None:
             rows = _rows(HELD_Q, [b + d for b, d in zip(BASE_HELD, held, strict=True)], [85.0] * 8)
             base = _rows(HELD_Q, BASE_HELD, [90.0] * 8)
-            conf = records.Confirmation.of(0, rows, base, MIN)
+            conf = stats.Confirmation.of(0, rows, base, MIN)
             tracking.log_confirmation(m, conf, rows, base)
         return m.active_run().info.run_id
 
@@ -171,11 +171,11 @@ def test_stats_match_independent_computation():
 def test_trial_intervals_come_from_per_question_scores():
     rows = _rows(SEARCH_Q, [20.0, 22.0, 35.0, 45.0], [60.0, 80.0, 65.0, 85.0])
     base = _rows(SEARCH_Q, BASE_SEARCH, [90.0] * 4)
-    got = records.intervals_of(records.score_intervals(rows, base))
+    got = stats.intervals_of(stats.score_intervals(rows, base))
     assert got[0] == pytest.approx(boot([20.0, 22.0, 35.0, 45.0]))
     assert got[1] == pytest.approx(boot([60.0, 80.0, 65.0, 85.0]))
     assert got[2] == pytest.approx(boot([10.0, 2.0, 5.0, 5.0]))  # paired with the baseline
-    t = Trial.of(0, 1, 0.1, (), (30.5, 72.5, 5.5), MIN, records.score_intervals(rows, base))
+    t = Trial.of(0, 1, 0.1, (), (30.5, 72.5, 5.5), MIN, stats.score_intervals(rows, base))
     assert t.valid and t.borderline and t.validity() == "borderline (yes)"
     assert Trial.of(0, 1, 0.1, (), (30.5, 72.5, 5.5), 50.0, t.row()).validity() == "yes"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from steerlab import stats
-from steerlab.stats import Interval
+from steerlab.stats import SCORES, Confirmation, Interval, ci_columns, intervals_of
 
 KIND = "steerlab.kind"  # tag: sweep | trial | report
 STRATEGY = "steerlab.strategy"  # tag of a combination-strategy sweep
@@ -32,7 +32,6 @@ METHODS = ("mean_diff", "probe")
 HIGH_COHERENCE = 85.0  # the Pareto note's threshold (metric best_delta_at_coherence_85)
 HIGH_COHERENCE_METRIC = f"best_delta_at_coherence_{HIGH_COHERENCE:g}"
 DEFAULT_COHERENCE_MIN = 70.0
-SCORES = ("trait", "coherence", "delta")
 CI_COLUMNS = tuple(f"{k}_{end}" for k in SCORES for end in ("lo", "hi"))  # 95% bootstrap bounds
 COLUMNS = ("trial", "layer", "coef", "weights", *SCORES, "valid", *CI_COLUMNS)
 ENSEMBLE_SAMPLER = "cmaes_ensemble"
@@ -248,39 +247,6 @@ class Trial:
         return "yes" if self.valid else "no"
 
 
-def intervals_of(values: Mapping[str, Any]) -> tuple[Interval | None, ...]:
-    """(trait, coherence, delta) intervals from `trait_lo`, `trait_hi`, ... values."""
-    out: list[Interval | None] = []
-    for k in SCORES:
-        lo, hi = finite(values.get(f"{k}_lo")), finite(values.get(f"{k}_hi"))
-        out.append(None if lo is None or hi is None else (lo, hi))
-    return tuple(out)
-
-
-def score_intervals(
-    rows: Iterable[Mapping[str, Any]], base_rows: Iterable[Mapping[str, Any]]
-) -> dict[str, float | None]:
-    """The 95% bootstrap intervals of a trial's trait, coherence and delta (per question, the
-    steered trait minus the unsteered one: paired), from its answers' and the baseline's rows."""
-    rows = list(rows)
-    trait, base = stats.per_question(rows, "trait"), stats.per_question(base_rows, "trait")
-    return ci_columns(
-        (
-            stats.bootstrap_ci(list(trait.values())),
-            stats.bootstrap_ci(list(stats.per_question(rows, "coherence").values())),
-            stats.bootstrap_ci(stats.deltas(trait, base)),
-        )
-    )
-
-
-def ci_columns(cis: Sequence[Interval | None]) -> dict[str, float | None]:
-    """`trait_lo`, `trait_hi`, ...: the trial table's and metrics' names of the intervals."""
-    out: dict[str, float | None] = {}
-    for k, ci in zip(SCORES, cis, strict=True):
-        out[f"{k}_lo"], out[f"{k}_hi"] = (None, None) if ci is None else ci
-    return out
-
-
 def rank(t: Trial) -> tuple:
     return (t.delta, t.coherence, -(t.number if t.number is not None else 0))
 
@@ -355,86 +321,6 @@ def child_info(kid: Any) -> dict[str, Any]:
 
 CONFIRMATION = "confirmation.json"  # a sweep's held-out answers of its best trial
 CONFIRMATION_BASELINE = "confirmation_baseline.json"  # the unsteered answers to them
-
-
-@dataclass(frozen=True)
-class Confirmation:
-    """A sweep's best trial re-measured on answers not used to choose it (held-out steering
-    questions, `confirm.rollouts` answers each): per-question means over rollouts, the steered
-    trait and coherence and the unsteered trait on the same questions."""
-
-    trial: int | None
-    trait: dict[str, float]
-    coherence: dict[str, float]
-    baseline: dict[str, float]
-    coherence_min: float = DEFAULT_COHERENCE_MIN
-
-    @classmethod
-    def of(
-        cls,
-        trial: int | None,
-        rows: Iterable[Mapping[str, Any]],
-        base_rows: Iterable[Mapping[str, Any]],
-        coherence_min: float = DEFAULT_COHERENCE_MIN,
-    ) -> Confirmation:
-        rows = list(rows)
-        return cls(
-            trial,
-            stats.per_question(rows, "trait"),
-            stats.per_question(rows, "coherence"),
-            stats.per_question(base_rows, "trait"),
-            coherence_min,
-        )
-
-    @property
-    def n(self) -> int:
-        return len(stats.deltas(self.trait, self.baseline))
-
-    @property
-    def deltas(self) -> dict[str, float]:
-        """Per question: steered trait minus unsteered trait."""
-        return {q: self.trait[q] - self.baseline[q] for q in self.trait if q in self.baseline}
-
-    @property
-    def delta(self) -> float | None:
-        d = list(self.deltas.values())
-        return sum(d) / len(d) if d else None
-
-    @property
-    def delta_ci(self) -> Interval | None:
-        return stats.bootstrap_ci(list(self.deltas.values()))
-
-    @property
-    def coherence_mean(self) -> float | None:
-        c = list(self.coherence.values())
-        return sum(c) / len(c) if c else None
-
-    @property
-    def coherence_ci(self) -> Interval | None:
-        return stats.bootstrap_ci(list(self.coherence.values()))
-
-    @property
-    def valid(self) -> bool:
-        c = self.coherence_mean
-        return c is not None and is_valid(c, self.coherence_min)
-
-    @property
-    def borderline(self) -> bool:
-        return stats.straddles(self.coherence_ci, self.coherence_min)
-
-    def metrics(self) -> dict[str, float]:
-        """The parent run's `confirm_*` metrics."""
-        out = {"confirm_n": float(self.n)}
-        if self.trial is not None:
-            out["confirm_trial"] = float(self.trial)
-        if (d := self.delta) is not None:
-            out["confirm_delta"] = d
-        if (c := self.coherence_mean) is not None:
-            out["confirm_coherence"] = c
-        for name, ci in (("delta", self.delta_ci), ("coherence", self.coherence_ci)):
-            if ci is not None:
-                out[f"confirm_{name}_lo"], out[f"confirm_{name}_hi"] = ci
-        return out
 
 
 @dataclass

@@ -21,6 +21,7 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,7 @@ EXACT_MAX = 16  # sign-flip tests enumerate all 2^n patterns up to this many que
 TOL = 1e-9
 
 Interval = tuple[float, float]
+SCORES = ("trait", "coherence", "delta")  # a trial's means; `<score>_lo`, `<score>_hi` bound them
 
 
 def bootstrap_ci(
@@ -119,3 +121,128 @@ def paired(a: Mapping[str, float], b: Mapping[str, float], seed: int = SEED) -> 
 def deltas(scores: Mapping[str, float], base: Mapping[str, float]) -> list[float]:
     """Per-question trait minus the unsteered answer's on the same question."""
     return [scores[q] - base[q] for q in scores if q in base]
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# a trial's intervals, and a sweep's confirmation
+
+
+def intervals_of(values: Mapping[str, Any]) -> tuple[Interval | None, ...]:
+    """(trait, coherence, delta) intervals from `trait_lo`, `trait_hi`, ... values."""
+    out: list[Interval | None] = []
+    for k in SCORES:
+        lo, hi = _finite(values.get(f"{k}_lo")), _finite(values.get(f"{k}_hi"))
+        out.append(None if lo is None or hi is None else (lo, hi))
+    return tuple(out)
+
+
+def score_intervals(
+    rows: Iterable[Mapping[str, Any]], base_rows: Iterable[Mapping[str, Any]]
+) -> dict[str, float | None]:
+    """The 95% bootstrap intervals of a trial's trait, coherence and delta (per question, the
+    steered trait minus the unsteered one: paired), from its answers' and the baseline's rows."""
+    rows = list(rows)
+    trait, base = per_question(rows, "trait"), per_question(base_rows, "trait")
+    return ci_columns(
+        (
+            bootstrap_ci(list(trait.values())),
+            bootstrap_ci(list(per_question(rows, "coherence").values())),
+            bootstrap_ci(deltas(trait, base)),
+        )
+    )
+
+
+def ci_columns(cis: Sequence[Interval | None]) -> dict[str, float | None]:
+    """`trait_lo`, `trait_hi`, ...: the trial table's and metrics' names of the intervals."""
+    out: dict[str, float | None] = {}
+    for k, ci in zip(SCORES, cis, strict=True):
+        out[f"{k}_lo"], out[f"{k}_hi"] = (None, None) if ci is None else ci
+    return out
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A sweep's best trial re-measured on answers not used to choose it (held-out steering
+    questions, `confirm.rollouts` answers each): per-question means over rollouts, the steered
+    trait and coherence and the unsteered trait on the same questions."""
+
+    trial: int | None
+    trait: dict[str, float]
+    coherence: dict[str, float]
+    baseline: dict[str, float]
+    coherence_min: float = 70.0
+
+    @classmethod
+    def of(
+        cls,
+        trial: int | None,
+        rows: Iterable[Mapping[str, Any]],
+        base_rows: Iterable[Mapping[str, Any]],
+        coherence_min: float = 70.0,
+    ) -> Confirmation:
+        rows = list(rows)
+        return cls(
+            trial,
+            per_question(rows, "trait"),
+            per_question(rows, "coherence"),
+            per_question(base_rows, "trait"),
+            coherence_min,
+        )
+
+    @property
+    def n(self) -> int:
+        return len(deltas(self.trait, self.baseline))
+
+    @property
+    def deltas(self) -> dict[str, float]:
+        """Per question: steered trait minus unsteered trait."""
+        return {q: self.trait[q] - self.baseline[q] for q in self.trait if q in self.baseline}
+
+    @property
+    def delta(self) -> float | None:
+        d = list(self.deltas.values())
+        return sum(d) / len(d) if d else None
+
+    @property
+    def delta_ci(self) -> Interval | None:
+        return bootstrap_ci(list(self.deltas.values()))
+
+    @property
+    def coherence_mean(self) -> float | None:
+        c = list(self.coherence.values())
+        return sum(c) / len(c) if c else None
+
+    @property
+    def coherence_ci(self) -> Interval | None:
+        return bootstrap_ci(list(self.coherence.values()))
+
+    @property
+    def valid(self) -> bool:
+        c = self.coherence_mean
+        return c is not None and c >= self.coherence_min
+
+    @property
+    def borderline(self) -> bool:
+        return straddles(self.coherence_ci, self.coherence_min)
+
+    def metrics(self) -> dict[str, float]:
+        """The parent run's `confirm_*` metrics."""
+        out = {"confirm_n": float(self.n)}
+        if self.trial is not None:
+            out["confirm_trial"] = float(self.trial)
+        if (d := self.delta) is not None:
+            out["confirm_delta"] = d
+        if (c := self.coherence_mean) is not None:
+            out["confirm_coherence"] = c
+        for name, ci in (("delta", self.delta_ci), ("coherence", self.coherence_ci)):
+            if ci is not None:
+                out[f"confirm_{name}_lo"], out[f"confirm_{name}_hi"] = ci
+        return out

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from steerlab import records
+from steerlab import records, stats
 from steerlab.config import plain, position_of, root_of
 from steerlab.records import Key, Sweep, Trial
 
@@ -253,7 +253,7 @@ def log_sweep(
 
 def log_confirmation(
     mlflow: Any,
-    confirmation: records.Confirmation,
+    confirmation: stats.Confirmation,
     rows: list[dict[str, Any]],
     base_rows: list[dict[str, Any]],
 ) -> None:
@@ -414,7 +414,7 @@ def read_sweeps(client: Any, experiment: str) -> list[Sweep] | None:
 
 def _confirmation(
     client: Any, run: Any, metrics: Mapping[str, float], cmin: float
-) -> records.Confirmation | None:
+) -> stats.Confirmation | None:
     """A sweep's held-out re-evaluation of its best trial (when its run logged one)."""
     if "confirm_n" not in metrics:
         return None
@@ -424,7 +424,7 @@ def _confirmation(
     if not rows or not base:
         return None
     trial = records.as_int(metrics.get("confirm_trial"))
-    return records.Confirmation.of(trial, rows, base, cmin)
+    return stats.Confirmation.of(trial, rows, base, cmin)
 
 
 def read_keys(client: Any, experiment: str) -> list[Key]:

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from steerlab import stats
-from steerlab.records import Confirmation, Key, Sweep, Trial, best_of
+from steerlab.records import Key, Sweep, Trial, best_of
 from steerlab.report.format import fmt_delta
-from steerlab.stats import Interval, Paired
+from steerlab.stats import Confirmation, Interval, Paired
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from steerlab import records, tracking
+from steerlab import records, stats, tracking
 from steerlab import runner as rn
+from steerlab.checks import check
 from steerlab.combinations import place
 from steerlab.config import SteeringConfig, position_of, redact, root_of, steering_of
 from steerlab.ensembles import Ensemble, save_ensemble
@@ -36,6 +37,7 @@ from steerlab.search import runs
 from steerlab.search import study as st
 from steerlab.search.pareto import frontier, plot_frontier, plot_layer_coef_map
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
+from steerlab.search.summary import Progress, summary_text
 
 log = logging.getLogger("steerlab.sweeper")
 # failures of the world around a study (judge, disk, database): never the trial's own fault
@@ -52,7 +54,7 @@ class Summary:
     best: Trial | None = None
     pareto: list[Trial] = field(default_factory=list)
     error: Exception | None = None
-    confirmation: records.Confirmation | None = None
+    confirmation: stats.Confirmation | None = None
 
 
 def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
@@ -61,12 +63,12 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
     sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
     search = cfg.search
     try:  # the storage and the study's settings first: a refusal costs no model load
-        rn.check(cfg)
+        check(cfg)
         if cfg.tracking.enabled:
             tracking.check_store(tracking.store_of(cfg))
         if cfg.combine.strategy and not cfg.combine.instruction_run:
             place(cfg)  # the strategy's vectors, layers and first tries, as typed values
-            rn.check(cfg)
+            check(cfg)
         strategy = _strategy(cfg)
         multi = bool(search.multi_objective) and search.sampler not in OWN_STATE
         handle = st.open_study(cfg, sweep_dir, ["maximize"] * (2 if multi else 1))
@@ -203,87 +205,6 @@ def _evaluate(
     return out
 
 
-class Progress:
-    """What a batch of trials is doing, in the log: a line when it starts (`batch 3/6 (trials
-    4-5)`, K configurations x Q questions in one generate) and one when it ends (its time, the
-    trials counted so far, the best valid one, an ETA from this process's batches). A batch
-    takes seconds to minutes and prints nothing else."""
-
-    def __init__(self, total: int, batch_size: int, n_questions: int) -> None:
-        self.total, self.size, self.questions = total, max(1, batch_size), n_questions
-        self.n = max(1, math.ceil(total / self.size))
-        self.times: list[float] = []
-        self.label, self.started = "", 0.0
-
-    def start(self, numbers: list[int], done: int) -> None:
-        k = min(done // self.size + 1, self.n)
-        self.label = f"batch {k}/{self.n} ({_numbers(numbers)})"
-        self.started = time.time()
-        log.info(
-            "%s: %d configuration(s) x %d question(s) in one generate, then judged",
-            self.label,
-            len(numbers),
-            self.questions,
-        )
-
-    def evaluated(self) -> tuple[float, float]:
-        """(start, end) of the batch's generate and judging: its trials' MLflow run times."""
-        return self.started, time.time()
-
-    def end(self, study: optuna.Study, coherence_min: float) -> None:
-        took = time.time() - self.started
-        self.times.append(took)
-        done = st.counted(study)
-        left = max(self.total - done, 0)
-        eta = sum(self.times) / len(self.times) * math.ceil(left / self.size)
-        valid = [
-            t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("feasible")
-        ]
-        top = max(valid, key=lambda t: float(t.user_attrs["trait"]), default=None)
-        best = (
-            f"best valid so far: trial {top.number}, trait {float(top.user_attrs['trait']):.1f}"
-            if top
-            else f"no valid trial yet (coherence >= {coherence_min:g})"
-        )
-        log.info(
-            "%s done in %s: %d/%d trials; %s; eta %s",
-            self.label,
-            duration(took),
-            done,
-            self.total,
-            best,
-            duration(eta) if left else "0s",
-        )
-
-
-def _numbers(numbers: list[int]) -> str:
-    """`trial 4`, `trials 4-5`, `trials 4, 7`."""
-    ns = sorted(numbers)
-    if len(ns) == 1:
-        return f"trial {ns[0]}"
-    if ns == list(range(ns[0], ns[-1] + 1)):
-        return f"trials {ns[0]}-{ns[-1]}"
-    return "trials " + ", ".join(map(str, ns))
-
-
-def ci_text(ci: tuple[float, float] | None, sign: str = "") -> str:
-    """`[+2.1, +9.8]`, or `[n/a]` without per-question scores."""
-    return "[n/a]" if ci is None else f"[{ci[0]:{sign}.1f}, {ci[1]:{sign}.1f}]"
-
-
-def duration(seconds: float) -> str:
-    """`8.2s`, `1m20s`, `2h05m`."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    m, sec = divmod(round(seconds), 60)
-    if m < 60:
-        return f"{m}m{sec:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m"
-
-
 def _parent_run(
     cfg: DictConfig, handle: st.Handle, sweep_dir: Path, searched: list[str]
 ) -> str | None:
@@ -357,7 +278,7 @@ class Confirmed:
 
     rows: list[dict[str, Any]]
     base_rows: list[dict[str, Any]]
-    record: records.Confirmation
+    record: stats.Confirmation
 
 
 CONFIRM_FILE = "confirmation.json"  # in the sweep folder: a finished study re-run reuses it
@@ -392,7 +313,7 @@ def _confirm(
             return None
         rows, base_rows = result.rows, setup.held_base.rows
         path.write_text(json.dumps({**key, "rows": rows, "baseline": base_rows}, indent=1))
-    conf = records.Confirmation.of(best.number, rows, base_rows, setup.coherence_min)
+    conf = stats.Confirmation.of(best.number, rows, base_rows, setup.coherence_min)
     return Confirmed(rows, base_rows, conf)
 
 
@@ -478,76 +399,3 @@ def _save_ensemble(cfg: DictConfig, best: Trial, setup: rn.Setup) -> None:
     path = save_ensemble(ens, name, root_of(cfg))
     log.info("saved ensemble %s (use steering.ensemble=%s)", path, name)
     print(f"saved ensemble: {path}  ->  python -m steerlab steering.ensemble={name} ...")
-
-
-TOP_VALID, TOP_INVALID = 5, 3  # rows of the closing table
-
-
-def summary_text(
-    cfg: DictConfig,
-    trials: list[Trial],
-    best: Trial | None,
-    failed: int,
-    interrupted: int,
-    storage: str,
-    ui: str = "",
-    confirmation: records.Confirmation | None = None,
-) -> str:
-    """The study's closing lines: counts; the best valid trials, then the strongest invalid ones
-    (a high trait score bought with incoherent text), each marked with why it does not count;
-    the best valid trial; where to look further."""
-    study_of = cfg.combine.strategy or (
-        f"{cfg.extraction.source} {position_of(cfg)} {cfg.extraction.method}"
-    )
-    cmin = float(cfg.search.coherence_min)
-    more = f", {interrupted} interrupted" if interrupted else ""
-    valid = sorted((t for t in trials if t.valid), key=records.rank, reverse=True)
-    invalid = sorted((t for t in trials if not t.valid), key=lambda t: (-t.trait, t.number or 0))
-    lines = [
-        f"\n== {cfg.trait.name} [{study_of} {cfg.steering.component}, {cfg.search.sampler}]: "
-        f"{len(trials)} trials done, {failed} failed{more} ({len(valid)} valid: mean coherence "
-        f">= {cmin:g}); study {storage}",
-        f"{'trial':>5} {'where':>24} {'trait':>6} {'coh':>6} {'delta':>6} {'delta 95% CI':>14}",
-    ]
-
-    def row(t: Trial, note: str) -> str:
-        return (
-            f"{t.number:>5} {t.where():>24} {t.trait:>6.1f} {t.coherence:>6.1f} "
-            f"{t.delta:>+6.1f} {ci_text(t.delta_ci, '+'):>14}  {note}"
-        ).rstrip()
-
-    for t in valid[:TOP_VALID]:
-        lines.append(row(t, "<- best valid" if t is best else ""))
-    if len(valid) > TOP_VALID:
-        lines.append(f"{'':>5} ... {len(valid) - TOP_VALID} more valid")
-    for t in invalid[:TOP_INVALID]:
-        lines.append(row(t, f"x invalid (coherence {t.coherence:.1f} < {cmin:g})"))
-    if len(invalid) > TOP_INVALID:
-        lines.append(f"{'':>5} ... {len(invalid) - TOP_INVALID} more invalid")
-    if best:
-        what = (
-            f"weights {best.row()['weights']}"
-            if best.weights
-            else f"layer {best.layer} coef {best.coef:.3g}"
-        )
-        border = " - borderline: its CI straddles the threshold" if best.borderline else ""
-        lines.append(
-            f"best valid: trial {best.number}, {what} -> delta {best.delta:+.1f} "
-            f"{ci_text(best.delta_ci, '+')} (trait {best.trait:.1f}, coherence "
-            f"{best.coherence:.1f} {ci_text(best.coherence_ci)}{border}); 95% CIs over the "
-            "search questions, the best of all trials on them (optimistic)"
-        )
-        if confirmation is not None and confirmation.delta is not None:
-            c = confirmation
-            ok = "valid" if c.valid else f"NOT valid (coherence < {cmin:g})"
-            ok += ", borderline" if c.borderline else ""
-            lines.append(
-                f"confirmed on {c.n} held-out question(s): delta {c.delta:+.1f} "
-                f"{ci_text(c.delta_ci, '+')}, coherence {c.coherence_mean:.1f} "
-                f"{ci_text(c.coherence_ci)} ({ok})"
-            )
-    else:
-        lines.append(f"no trial reached mean coherence >= {cmin:g}")
-    if ui:
-        lines.append(ui)
-    return "\n".join(lines)
