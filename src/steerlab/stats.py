@@ -1,4 +1,5 @@
-"""Uncertainty of per-question scores: bootstrap confidence intervals and paired comparisons.
+"""Uncertainty of per-question scores: bootstrap confidence intervals, paired comparisons, a
+trial's intervals (`score_intervals`) and a sweep's held-out re-measurement (`Confirmation`).
 
 A configuration's score is a mean over questions, so its uncertainty comes from which questions
 were asked. Every function resamples *questions* (rollouts of one question are averaged first, so

@@ -4,7 +4,8 @@ The caller owns a `Runner` (models, vectors, judge, baseline), shared by all its
 batch, `search.batch_size` trials are asked, turned into typed steering configs by the strategy,
 evaluated in one batched generate and recorded one by one (folder `<sweep dir>/<trial number>/`
 and an MLflow child run of the study's parent run, which records the best valid trial and the
-Pareto frontier at the end).
+Pareto frontier at the end). The best valid trial is then confirmed on the held-out questions
+(`confirm.*`); `search.summary` writes what the study says.
 """
 
 from __future__ import annotations
