@@ -135,6 +135,9 @@ def test_a_sweep_folder_means_its_best_valid_trial(user_root, monkeypatch):
     p = st.provenance
     assert p["kind"] == "sweep" and p["trial"] == best.number and p["rule"].startswith("best valid")
     assert p["scores"] == {"trait": best.trait, "coherence": best.coherence, "delta": best.delta}
+    assert p["ci95"]["delta"] == best.delta_ci and best.delta_ci is not None  # its uncertainty
+    held = json.loads((folder / "confirmation.json").read_text())
+    assert held["trial"] == best.number and p["held_out"]["n_questions"] == len(held["rows"]) == 6
     vecs = load_vectors(__import__("pathlib").Path(p["vector_files"][0]))
     assert st.absolute() == [(best.layer, best.coef * vecs.norms[best.layer])]
     # the same trial through the parent run's id, a trial folder and the trial's own run id

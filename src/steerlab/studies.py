@@ -224,6 +224,16 @@ def _provenance(sweep: Sweep, trial: Trial, store: Store, kind: str) -> dict[str
         "trial": trial.number,
         "trial_run_id": trial.run_id,
         "scores": {"trait": trial.trait, "coherence": trial.coherence, "delta": trial.delta},
+        "ci95": dict(zip(records.SCORES, trial.cis, strict=True)),  # over the questions
+        "held_out": None
+        if (c := sweep.confirmed(trial)) is None
+        else {
+            "n_questions": c.n,
+            "delta": c.delta,
+            "delta_ci95": c.delta_ci,
+            "coherence": c.coherence_mean,
+            "coherence_ci95": c.coherence_ci,
+        },
         "coherence_min": sweep.coherence_min,
         "baseline_trait": sweep.baseline,
         "trait": sweep.trait,
