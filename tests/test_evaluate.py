@@ -234,3 +234,14 @@ def test_steering_questions_takes_the_first_n():
     assert steering_questions(trait, None) == ["a?", "b?", "c?"]
     assert steering_questions(trait, 2) == ["a?", "b?"]
     assert steering_questions(trait, 10) == ["a?", "b?", "c?"]
+
+
+def test_held_out_questions_are_never_searched():
+    from steerlab.evaluate import held_out_questions
+
+    trait = bare_trait()
+    trait.steering_questions[:] = ["a?", "b?", "c?", "d?", "e?"]
+    assert held_out_questions(trait, 2) == ["d?", "e?"] and held_out_questions(trait, 0) == []
+    assert steering_questions(trait, None, held_out=2) == ["a?", "b?", "c?"]
+    assert steering_questions(trait, 2, held_out=2) == ["a?", "b?"]
+    assert steering_questions(trait, None, held_out=0) == ["a?", "b?", "c?", "d?", "e?"]

@@ -102,3 +102,19 @@ def test_settings_of_earlier_versions_compare_under_their_new_names(tmp_path):
     (tmp_path / st.SETTINGS).write_text(json.dumps(old | {"search.coef": "[0.1, 0.2]"}))
     with pytest.raises(ValueError, match=r"search.coef_range: \[0.1, 0.2\] -> \[0.05, 0.6\]"):
         st.check_settings(tmp_path, now)
+
+
+def test_held_out_questions_are_a_setting_only_when_the_search_asks_every_question(tmp_path):
+    import json
+
+    every = ("steering.n_questions=null",)
+    before = st.study_settings(_cfg("trait=evil", *every, "confirm.n_questions=0"))
+    (tmp_path / st.SETTINGS).write_text(json.dumps(before))  # a study saved before held-out
+    with pytest.raises(ValueError, match=r"confirm.n_questions: None -> 6"):
+        st.check_settings(tmp_path, st.study_settings(_cfg("trait=evil", *every)))
+    st.check_settings(
+        tmp_path, st.study_settings(_cfg("trait=evil", *every, "confirm.n_questions=0"))
+    )
+    # a fixed question count: the held-out ones (the last) never change which are searched
+    fixed = st.study_settings(_cfg("trait=evil", "confirm.n_questions=3"))
+    assert fixed == st.study_settings(_cfg("trait=evil", "confirm.n_questions=8"))
