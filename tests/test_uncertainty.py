@@ -240,5 +240,12 @@ def test_summary_opens_the_report_with_the_setting(report):
     assert "**evil**: natural steers more, by +" in head
     assert "**sycophancy**: no difference detected between natural and instruction" in head
     assert "**hallucination**: natural +5.5 [" in head and "not compared" in head
+    held = [EVIL_INST, EVIL_NAT, EVIL_NAT_PROBE, SYC_INST, SYC_NAT, HAL_INST]  # confirmed keys
+    moves = [statistics.fmean(h) - 5.5 for h in held]  # every search Δ was +5.5
+    assert (
+        f"the 6 keys' best configurations moved by {statistics.fmean(moves):+.1f} Δ points on "
+        f"average (median {statistics.median(moves):+.1f}; 2 fell, 4 rose)"
+    ) in head
+    assert f"| 25.0 (n=2); held-out {statistics.fmean(BASE_HELD):.1f} |" in md
     for fig in ("cross_trait.png", "positions.png"):
         assert (out / fig).stat().st_size > 0

@@ -36,12 +36,13 @@ def section_cross(keys: list[Key]) -> list[str]:
         "over the same held-out questions (bootstrap CI, sign-flip permutation p). A winner is "
         "named only when that CI excludes 0. Natural % = natural Δ / instruction Δ, only where "
         "the instruction Δ's CI lies above 0. Baseline: mean `baseline_trait` of the trait's "
-        "sweeps (search questions)."
+        "sweeps (search questions), and the unsteered mean on the held-out questions."
     )
     out.append("")
     rows = []
     for c in uq.cross(gs):
         base, n = baseline(gs[c.group])
+        held = uq.held_out_baseline(b[1] for b in (c.inst, c.nat) if b)
         runs = ", ".join(
             f"{lab} {short(b[1].trial.run_id or b[2].run_id)}"
             for lab, b in (("inst", c.inst), ("nat", c.nat))
@@ -50,7 +51,8 @@ def section_cross(keys: list[Key]) -> list[str]:
         rows.append(
             [
                 c.group,
-                f"{fmt_score(base)}" if base is None else f"{base:.1f} (n={n})",
+                (f"{fmt_score(base)}" if base is None else f"{base:.1f} (n={n})")
+                + ("" if held is None else f"; held-out {held:.1f}"),
                 *(scored(b[0], b[1]) if b else "—" for b in (c.inst, c.nat)),
                 uq.fmt_paired(c.paired),
                 c.winner,
@@ -393,7 +395,7 @@ def render(report: Report) -> str:
         f"# steerlab report: {report.experiment}",
         "",
         *caveats(report),
-        *uq.summary(uq.cross(groups(report.keys))),
+        *uq.summary(uq.cross(groups(report.keys)), report.keys),
         "## About this report",
         "",
         f"- Tracking URI: `{report.uri}`",

@@ -6,6 +6,7 @@ CI lies above 0), and the summary paragraph the report opens with. Pure: no I/O.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -70,6 +71,12 @@ def best_score(keys: Iterable[Key]) -> tuple[Key, Score, Sweep] | None:
     """The configuration the searches chose over several keys (best search delta), scored."""
     b = best_of(keys)
     return None if b is None else (b[0], score_of(b[1], b[2]), b[2])
+
+
+def held_out_baseline(scores: Iterable[Score]) -> float | None:
+    """The unsteered mean trait on the held-out questions (the same for every confirmed key)."""
+    c = next((s.confirmation for s in scores if s.confirmation), None)
+    return statistics.fmean(c.baseline.values()) if c and c.baseline else None
 
 
 def compare(a: Score | None, b: Score | None) -> Paired | None:
@@ -157,8 +164,25 @@ def cross(groups: dict[str, list[Key]]) -> list[Cross]:
     ]
 
 
-def summary(rows: list[Cross]) -> list[str]:
-    """The report's opening paragraph: per trait, which source wins, by how much, how sure."""
+def shrinkage(keys: Iterable[Key]) -> str | None:
+    """How much the keys' best search scores fell when re-measured on held-out questions (the
+    winner's curse, measured): one sentence, None without confirmations."""
+    scores = [s for k in keys if (b := k.best()) and (s := score_of(*b)).confirmed]
+    if not scores:
+        return None
+    drops = [s.trial.delta - s.delta for s in scores]
+    lost = sum(1 for s in scores if not s.valid)
+    return (
+        f"Re-measured on held-out questions, the {len(scores)} keys' best configurations moved "
+        f"by {fmt_delta(-statistics.fmean(drops))} Δ points on average (median "
+        f"{fmt_delta(-statistics.median(drops))}; {sum(d > 0 for d in drops)} fell, "
+        f"{sum(d < 0 for d in drops)} rose); {lost} fell below the coherence threshold there."
+    )
+
+
+def summary(rows: list[Cross], keys: Iterable[Key] = ()) -> list[str]:
+    """The report's opening paragraph: per trait, which source wins, by how much, how sure;
+    then how far the search's best scores shrank on held-out questions."""
     both = [c for c in rows if c.inst and c.nat]
     if not both:
         return []
@@ -186,7 +210,8 @@ def summary(rows: list[Cross]) -> list[str]:
         f"an unconfirmed search score): a winner is named for {won} of {len(both)} trait(s), "
         "where the CI of the paired difference excludes 0."
     )
-    return [lead, "", *(f"- {x}." for x in parts), ""]
+    shrunk = shrinkage(keys)
+    return [lead, "", *(f"- {x}." for x in parts), "", *([shrunk, ""] if shrunk else [])]
 
 
 def _abs_ci(p: Paired) -> Interval:
