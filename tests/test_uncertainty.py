@@ -61,7 +61,7 @@ def ci(lo_hi, sign="+"):
 
 
 def p_text(p):
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.1 else f"p={p:.2f}"
 
 
 def paired_text(a, b):
@@ -164,6 +164,10 @@ def test_stats_match_independent_computation():
         assert stats.sign_flip_p(d) == pytest.approx(perm_p(d), abs=1e-12)
     assert stats.sign_flip_p([1.0, 2.0, 3.0, 4.0]) == 2 / 16  # only all-+ and all-− reach it
     # rollouts of a question are averaged before questions are resampled
+    # a winner needs both: this CI excludes 0 (too narrow at n=8), the permutation test does not
+    d = [-40.0, -35.0, -30.0, -25.0, 5.0, 3.0, -1.0, 2.0]
+    p = stats.paired(dict(enumerate(d)), dict.fromkeys(range(8), 0.0))
+    assert boot(d)[1] < 0 and perm_p(d) > 0.05 and not p.detected
     rows = [{"question": "a", "trait": 10}, {"question": "a", "trait": 30}, {"question": "b"}]
     assert stats.per_question(rows, "trait") == {"a": 20.0}
 

@@ -148,7 +148,7 @@ def section_combinations(report: Report) -> list[str]:
         "trials, optimistic). Held-out Δ: that trial re-measured on questions no search asked. "
         "The paired column is this configuration minus the best single over the same held-out "
         "questions (95% bootstrap CI, sign-flip p); `this` or `best single` is named only when "
-        "the CI excludes 0.",
+        "the CI excludes 0 and p < 0.05.",
         "",
     ]
     by_group: dict[str, list[Sweep]] = {}

@@ -34,7 +34,8 @@ def section_cross(keys: list[Key]) -> list[str]:
         "bootstrap CI over questions; `search` marks a number with no confirmation (optimistic: "
         "the best of many on the questions that scored it). Natural − Instruction is paired "
         "over the same held-out questions (bootstrap CI, sign-flip permutation p). A winner is "
-        "named only when that CI excludes 0. Natural % = natural Δ / instruction Δ, only where "
+        "named only when that CI excludes 0 and p < 0.05 (at 8 questions the percentile "
+        "bootstrap alone is too narrow). Natural % = natural Δ / instruction Δ, only where "
         "the instruction Δ's CI lies above 0. Baseline: mean `baseline_trait` of the trait's "
         "sweeps (search questions), and the unsteered mean on the held-out questions."
     )
@@ -377,7 +378,9 @@ def caveats(report: Report) -> list[str]:
         f"held-out questions {values('confirm.n_questions', '0')} x "
         f"{values('confirm.rollouts', '1')} rollout(s); extraction pairs "
         f"{values('extraction.max_pairs')}, vetting {values('extraction.vet.enabled')}. With "
-        "this few questions every interval is wide: read differences through their CIs.",
+        "this few questions every interval is wide: read differences through their CIs. Each "
+        "comparison is tested on its own (no correction for the many made here), so about 1 "
+        "in 20 true non-differences will still be called a difference.",
         "",
     ]
 

@@ -1,8 +1,8 @@
 """The numbers the report states and how sure they are: each chosen configuration's confirmed
 delta (its held-out re-measurement, else its search score, marked), paired comparisons of two
 configurations over the same held-out questions, the decisions drawn from them (a winner only
-when the 95% CI of the difference excludes 0; "Natural %" only over an instruction delta whose
-CI lies above 0), and the summary paragraph the report opens with. Pure: no I/O."""
+when the 95% CI of the difference excludes 0 and p < 0.05; "Natural %" only over an instruction
+delta whose CI lies above 0), and the summary paragraph the report opens with. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def fmt_ci(ci: Interval | None, sign: str = "+") -> str:
 
 
 def fmt_p(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
+    """3 decimals near the 0.05 line (p=0.047 must not read as p=0.05), 2 above 0.1."""
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.1 else f"p={p:.2f}"
 
 
 def fmt_paired(p: Paired | None) -> str:
@@ -105,7 +106,7 @@ def fmt_paired(p: Paired | None) -> str:
 
 
 def verdict(a: str, b: str, p: Paired | None) -> str:
-    """The name of the better one only when the difference's CI excludes 0."""
+    """The name of the better one only when a difference is detected (`Paired.detected`)."""
     if p is None:
         return "untested (no held-out confirmation of both)"
     if not p.detected:
@@ -208,7 +209,7 @@ def summary(rows: list[Cross], keys: Iterable[Key] = ()) -> list[str]:
         f"Natural vs instruction vectors, each source's best configuration re-measured on "
         f"held-out questions (Δ over the unsteered baseline, 95% bootstrap CI; `search` marks "
         f"an unconfirmed search score): a winner is named for {won} of {len(both)} trait(s), "
-        "where the CI of the paired difference excludes 0."
+        "where the CI of the paired difference excludes 0 and its permutation p < 0.05."
     )
     shrunk = shrinkage(keys)
     return [lead, "", *(f"- {x}." for x in parts), "", *([shrunk, ""] if shrunk else [])]
