@@ -68,8 +68,12 @@ def test_sweep_runs_records_and_resumes_on_a_tiny_model(tmp_path, tiny_dir):
     assert f"confirmed on 6 held-out question(s): delta {held_delta(held):+.1f}" in first.stdout
     assert "delta 95% CI" in first.stdout
 
+    (sweep_dir / "confirmation.json").write_text('{"trial": ')  # as a killed worker left it
     again = sweep(tmp_path, tiny_dir, "search.n_trials=5")  # resume: only 2 more trials
     assert again.returncode == 0, again.stderr[-3000:]
     assert "5 trials done, 0 failed" in again.stdout
     rows = json.loads((sweep_dir / "trials.json").read_text())
     assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3, 4]
+    best = max((r for r in rows if r["valid"]), key=lambda r: (r["delta"], r["coherence"]))
+    held = json.loads((sweep_dir / "confirmation.json").read_text())  # confirmed again, whole
+    assert held["trial"] == best["trial"] and len(held["rows"]) == 6

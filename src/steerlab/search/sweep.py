@@ -302,8 +302,11 @@ def _confirm(
         return None
     path = sweep_dir / CONFIRM_FILE
     key = {"trial": best.number, "questions": setup.held_out}
-    cached = json.loads(path.read_text()) if path.is_file() else {}
-    if {k: cached.get(k) for k in key} == key:
+    try:  # a file a killed worker left half-written counts as absent
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if isinstance(cached, dict) and {k: cached.get(k) for k in key} == key:
         rows, base_rows = cached["rows"], cached["baseline"]
     else:
         [frozen] = [t for t in study.get_trials(deepcopy=False) if t.number == best.number]
@@ -313,7 +316,9 @@ def _confirm(
         if result is None:
             return None
         rows, base_rows = result.rows, setup.held_base.rows
-        path.write_text(json.dumps({**key, "rows": rows, "baseline": base_rows}, indent=1))
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # workers may finish together
+        tmp.write_text(json.dumps({**key, "rows": rows, "baseline": base_rows}, indent=1))
+        tmp.replace(path)
     conf = stats.Confirmation.of(best.number, rows, base_rows, setup.coherence_min)
     return Confirmed(rows, base_rows, conf)
 
