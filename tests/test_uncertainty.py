@@ -147,7 +147,7 @@ def report(tmp_path_factory):
     _sweep(root, "combinations", combo, flat, combined, tags=strategy)
     out = tmp_path_factory.mktemp("report")
     assert main(["--root", str(root), "--out", str(out), "--no-log"]) == 0
-    return out, (out / "report.md").read_text()
+    return out, (out / "report.md").read_text(), root
 
 
 def _row(md, section, first):
@@ -185,7 +185,7 @@ def test_trial_intervals_come_from_per_question_scores():
 
 
 def test_winner_only_when_the_paired_ci_excludes_zero(report):
-    _, md = report
+    _, md, _ = report
     evil = _row(md, "## 1.", "| evil |")
     assert f"| {paired_text(EVIL_NAT, EVIL_INST)} | natural |" in evil
     assert boot([a - b for a, b in zip(EVIL_NAT, EVIL_INST, strict=True)])[0] > 0
@@ -200,7 +200,7 @@ def test_winner_only_when_the_paired_ci_excludes_zero(report):
 
 
 def test_natural_percent_only_over_an_instruction_delta_above_zero(report):
-    _, md = report
+    _, md, _ = report
     evil = _row(md, "## 1.", "| evil |")
     assert boot(EVIL_INST)[0] < 0 < boot(EVIL_INST)[1]
     assert f"| n/a: instruction Δ CI {ci(boot(EVIL_INST))} includes 0 |" in evil
@@ -213,7 +213,7 @@ def test_natural_percent_only_over_an_instruction_delta_above_zero(report):
 
 
 def test_method_position_and_combination_comparisons(report):
-    _, md = report
+    _, md, _ = report
     methods = _row(md, "## 3.", "| evil | natural | response[:10] |")
     assert f"| {paired_text(EVIL_NAT, EVIL_NAT_PROBE)} | mean_diff |" in methods
     assert perm_p([2.0] * 8) == 2 / 256
@@ -226,7 +226,7 @@ def test_method_position_and_combination_comparisons(report):
 
 
 def test_borderline_validity_and_search_intervals(report):
-    _, md = report
+    _, md, _ = report
     row = _row(md, "## 5.", "| nat5_md |")
     assert f"| 72.5 {ci(boot([60.0, 80.0, 65.0, 85.0]), '')} |" in row
     assert f"| +1.5 {ci(boot([1.0, 2.0, 1.0, 2.0]))} | — |" in row
@@ -236,7 +236,7 @@ def test_borderline_validity_and_search_intervals(report):
 
 
 def test_summary_opens_the_report_with_the_setting(report):
-    out, md = report
+    out, md, _ = report
     head = md[: md.index("## About this report")]
     assert "model `tiny` (steered: `tiny-instruct`), judge `offline`" in head
     assert "held-out questions `8` x `1` rollout(s)" in head
@@ -253,3 +253,19 @@ def test_summary_opens_the_report_with_the_setting(report):
     assert f"| 25.0 (n=2); held-out {statistics.fmean(BASE_HELD):.1f} |" in md
     for fig in ("cross_trait.png", "positions.png"):
         assert (out / fig).stat().st_size > 0
+
+
+def test_parent_runs_carry_the_best_trials_intervals_and_confirmation(report):
+    _, _, root = report
+    client = tracking.client(root)
+    [evil_inst] = [
+        s
+        for s in tracking.read_sweeps(client, "model_diff")
+        if s.trait == "evil" and s.source == "instruction"
+    ]
+    m = evil_inst.metrics
+    lo, hi = boot([4.0, 6.0, 5.0, 7.0])  # the search deltas
+    assert (m["best_delta_lo"], m["best_delta_hi"]) == (round(lo, 2), round(hi, 2))
+    lo, hi = boot(EVIL_INST)
+    assert (m["confirm_delta_lo"], m["confirm_delta_hi"]) == (round(lo, 2), round(hi, 2))
+    assert (m["confirm_n"], m["confirm_trial"], m["confirm_delta"]) == (8, 0, 0.0)

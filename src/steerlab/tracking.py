@@ -225,8 +225,9 @@ def log_sweep(
     coherence_min: float = records.DEFAULT_COHERENCE_MIN,
 ) -> Trial | None:
     """The trial table, its Pareto frontier and the best valid trial on a parent run: its
-    scores as `best_*` metrics and where it steers as `best.*` tags (the parent's `steering.*`
-    params are not the best trial's: a search sets them per trial)."""
+    scores (and their CIs: `best_delta_lo`, ...) as `best_*` metrics and where it steers as
+    `best.*` tags (the parent's `steering.*` params are not the best trial's: a search sets them
+    per trial)."""
     mlflow.log_table(records.table(trials), "trials.json")
     mlflow.log_table(records.table([trials[i] for i in front]), "pareto.json")
     best = records.best(trials)
@@ -240,6 +241,7 @@ def log_sweep(
                     "best_layer": best.layer,
                     "best_coef": best.coef,
                     "best_trial": best.number,
+                    **{f"best_{k}": v for k, v in stats.ci_columns(best.cis).items()},
                 }
             )
         )
