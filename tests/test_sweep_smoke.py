@@ -35,6 +35,18 @@ def boot(values: list[float], n_boot: int = 10_000) -> tuple[float, float]:
     return tuple(np.quantile(means, [0.025, 0.975]))
 
 
+def held_delta_per_question(held: dict) -> float:
+    """Rollouts of a question averaged first, then questions."""
+    base: dict[str, list[float]] = {}
+    steered: dict[str, list[float]] = {}
+    for rows, out in ((held["baseline"], base), (held["rows"], steered)):
+        for r in rows:
+            out.setdefault(r["question"], []).append(r["trait"])
+    return sum(sum(v) / len(v) - sum(base[q]) / len(base[q]) for q, v in steered.items()) / len(
+        steered
+    )
+
+
 def held_delta(held: dict) -> float:
     base = {r["question"]: r["trait"] for r in held["baseline"]}
     return sum(r["trait"] - base[r["question"]] for r in held["rows"]) / len(held["rows"])
@@ -69,11 +81,21 @@ def test_sweep_runs_records_and_resumes_on_a_tiny_model(tmp_path, tiny_dir):
     assert "delta 95% CI" in first.stdout
 
     (sweep_dir / "confirmation.json").write_text('{"trial": ')  # as a killed worker left it
-    again = sweep(tmp_path, tiny_dir, "search.n_trials=5")  # resume: only 2 more trials
+    # resume: only 2 more trials; the best is confirmed again, now with 2 sampled rollouts
+    again = sweep(
+        tmp_path, tiny_dir, "search.n_trials=5", "confirm.rollouts=2", "confirm.temperature=1.0"
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "5 trials done, 0 failed" in again.stdout
     rows = json.loads((sweep_dir / "trials.json").read_text())
     assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3, 4]
     best = max((r for r in rows if r["valid"]), key=lambda r: (r["delta"], r["coherence"]))
     held = json.loads((sweep_dir / "confirmation.json").read_text())  # confirmed again, whole
-    assert held["trial"] == best["trial"] and len(held["rows"]) == 6
+    assert held["trial"] == best["trial"] and len(held["rows"]) == 12
+    by_question: dict[str, list[str]] = {}
+    for r in held["rows"]:
+        by_question.setdefault(r["question"], []).append(r["answer"])
+    assert len(by_question) == 6 and any(len(set(a)) == 2 for a in by_question.values())
+    assert f"confirmed on 6 held-out question(s): delta {held_delta_per_question(held):+.1f}" in (
+        again.stdout
+    )
