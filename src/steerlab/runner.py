@@ -24,8 +24,8 @@ from steerlab.checks import check
 from steerlab.config import SteeringConfig, cache_of, plain, position_of, root_of
 from steerlab.errors import ConfigError
 from steerlab.positions import parse_position
-from steerlab.records import objective
-from steerlab.stats import score_intervals
+from steerlab.records import fmt_ci, objective
+from steerlab.stats import intervals_of, score_intervals
 
 if TYPE_CHECKING:
     from steerlab.data import TraitData
@@ -372,12 +372,14 @@ def run_single(cfg: DictConfig, job_dir: Path) -> dict[str, float]:
     [result] = runner.evaluate(setup, [steer], root_of(cfg))
     metrics, not_logged = record(cfg, setup, steer, result, job_dir)
     v = tracking.run_params(cfg)["resolved"]  # a given vector file describes itself
+    cis = intervals_of(metrics)
     print(
         f"\n{cfg.trait.name} @ {where(steer)} [{v['source']} {v['position']} {v['method']} "
         f"{v['component']}]\n"
         f"  trait {metrics['trait']:.1f} (baseline {metrics['baseline_trait']:.1f}, delta "
-        f"{metrics['delta']:+.1f})  coherence {metrics['coherence']:.1f}  "
-        f"valid={bool(metrics['valid'])} (coherence >= {cfg.search.coherence_min:g})\n"
+        f"{metrics['delta']:+.1f} {fmt_ci(cis[2])})  coherence {metrics['coherence']:.1f} "
+        f"{fmt_ci(cis[1], '')}  valid={bool(metrics['valid'])} (coherence >= "
+        f"{cfg.search.coherence_min:g}; 95% CIs over {len(setup.questions)} questions)\n"
         f"  answers: {job_dir / 'responses.jsonl'}\n"
         f"  MLflow:  make ui   (store {tracking.tracking_uri(tracking.store_of(cfg))})"
         + (f"\n  NOT logged to MLflow: {not_logged}" if not_logged else "")

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from steerlab import stats
-from steerlab.records import Key, Sweep, Trial, best_of
+from steerlab.records import Key, Sweep, Trial, best_of, fmt_ci
 from steerlab.report.format import fmt_delta
 from steerlab.stats import Confirmation, Interval, Paired
 
@@ -86,11 +86,6 @@ def compare(a: Score | None, b: Score | None) -> Paired | None:
     if a.confirmation is None or b.confirmation is None:
         return None
     return stats.paired(a.confirmation.deltas, b.confirmation.deltas)
-
-
-def fmt_ci(ci: Interval | None, sign: str = "+") -> str:
-    """`[-1.0, +9.3]` (a delta's), `[68.2, 75.0]` with sign="" (a score's); `[n/a]`."""
-    return "[n/a]" if ci is None else f"[{ci[0]:{sign}.1f}, {ci[1]:{sign}.1f}]"
 
 
 def fmt_p(p: float) -> str:

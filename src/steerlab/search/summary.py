@@ -14,9 +14,9 @@ from optuna.trial import TrialState
 
 from steerlab import records
 from steerlab.config import position_of
-from steerlab.records import Trial
+from steerlab.records import Trial, fmt_ci
 from steerlab.search import study as st
-from steerlab.stats import Confirmation, Interval
+from steerlab.stats import Confirmation
 
 log = logging.getLogger("steerlab.sweeper")
 
@@ -86,11 +86,6 @@ def _numbers(numbers: list[int]) -> str:
     return "trials " + ", ".join(map(str, ns))
 
 
-def ci_text(ci: Interval | None, sign: str = "") -> str:
-    """`[+2.1, +9.8]`, or `[n/a]` without per-question scores."""
-    return "[n/a]" if ci is None else f"[{ci[0]:{sign}.1f}, {ci[1]:{sign}.1f}]"
-
-
 def duration(seconds: float) -> str:
     """`8.2s`, `1m20s`, `2h05m`."""
     if seconds < 60:
@@ -135,7 +130,7 @@ def summary_text(
     def row(t: Trial, note: str) -> str:
         return (
             f"{t.number:>5} {t.where():>24} {t.trait:>6.1f} {t.coherence:>6.1f} "
-            f"{t.delta:>+6.1f} {ci_text(t.delta_ci, '+'):>14}  {note}"
+            f"{t.delta:>+6.1f} {fmt_ci(t.delta_ci):>14}  {note}"
         ).rstrip()
 
     for t in valid[:TOP_VALID]:
@@ -155,8 +150,8 @@ def summary_text(
         border = " - borderline: its CI straddles the threshold" if best.borderline else ""
         lines.append(
             f"best valid: trial {best.number}, {what} -> delta {best.delta:+.1f} "
-            f"{ci_text(best.delta_ci, '+')} (trait {best.trait:.1f}, coherence "
-            f"{best.coherence:.1f} {ci_text(best.coherence_ci)}{border}); 95% CIs over the "
+            f"{fmt_ci(best.delta_ci)} (trait {best.trait:.1f}, coherence "
+            f"{best.coherence:.1f} {fmt_ci(best.coherence_ci, '')}{border}); 95% CIs over the "
             "search questions, the best of all trials on them (optimistic)"
         )
         if confirmation is not None and confirmation.delta is not None:
@@ -165,8 +160,8 @@ def summary_text(
             ok += ", borderline" if c.borderline else ""
             lines.append(
                 f"confirmed on {c.n} held-out question(s): delta {c.delta:+.1f} "
-                f"{ci_text(c.delta_ci, '+')}, coherence {c.coherence_mean:.1f} "
-                f"{ci_text(c.coherence_ci)} ({ok})"
+                f"{fmt_ci(c.delta_ci)}, coherence {c.coherence_mean:.1f} "
+                f"{fmt_ci(c.coherence_ci, '')} ({ok})"
             )
     else:
         lines.append(f"no trial reached mean coherence >= {cmin:g}")
