@@ -65,6 +65,12 @@ def test_dead_workers_trials_are_closed_and_retried_live_ones_untouched(tmp_path
     [retry] = again.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     assert retry.params == killed.params  # re-tried: no budget lost
     assert len(cfg.search.enqueue) == 1 and st.in_flight(again) == 1  # enqueued only once
+    assert st.WORKER not in retry.user_attrs  # not the dead worker's any more
+    # a live worker pops the retry; before it tags it, another worker looks for dead ones
+    [popped] = strategy.propose(again, 1)
+    assert popped.number == retry.number
+    assert st.close_dead(_open(cfg, tmp_path)) == []
+    assert again.get_trials(deepcopy=False)[popped.number].state == TrialState.RUNNING
 
 
 def test_surplus_trials_beyond_the_budget_are_given_back(tmp_path):

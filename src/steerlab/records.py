@@ -94,12 +94,6 @@ def fmt_coef(x: float | None) -> str:
     return "—" if x is None else f"{x:.3g}"
 
 
-def fmt_ci(ci: Interval | None, sign: str = "+") -> str:
-    """A 95% CI as shown everywhere: `[-1.0, +9.3]` (a delta's), `[68.2, 75.0]` with sign=""
-    (a score's), `[n/a]` without per-question scores."""
-    return "[n/a]" if ci is None else f"[{ci[0]:{sign}.1f}, {ci[1]:{sign}.1f}]"
-
-
 def layer_label(layer: int | None) -> str:
     return "—" if layer is None else f"L{layer}"
 

@@ -24,8 +24,8 @@ from steerlab.checks import check
 from steerlab.config import SteeringConfig, cache_of, plain, position_of, root_of
 from steerlab.errors import ConfigError
 from steerlab.positions import parse_position
-from steerlab.records import fmt_ci, objective
-from steerlab.stats import intervals_of, score_intervals
+from steerlab.records import objective
+from steerlab.stats import fmt_ci, intervals_of, score_intervals
 
 if TYPE_CHECKING:
     from steerlab.data import TraitData

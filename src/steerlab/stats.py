@@ -83,6 +83,12 @@ def per_question(rows: Iterable[Mapping], field: str) -> dict[str, float]:
     return {q: sum(xs) / len(xs) for q, xs in sums.items()}
 
 
+def fmt_ci(ci: Interval | None, sign: str = "+") -> str:
+    """A 95% CI as shown everywhere: `[-1.0, +9.3]` (a delta's), `[68.2, 75.0]` with sign=""
+    (a score's), `[n/a]` without per-question scores."""
+    return "[n/a]" if ci is None else f"[{ci[0]:{sign}.1f}, {ci[1]:{sign}.1f}]"
+
+
 def excludes_zero(ci: Interval | None) -> bool:
     return ci is not None and (ci[0] > 0 or ci[1] < 0)
 

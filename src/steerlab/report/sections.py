@@ -10,7 +10,6 @@ from steerlab.records import (
     Key,
     best_of,
     finite,
-    fmt_ci,
     fmt_coef,
     layer_label,
     order,
@@ -21,6 +20,7 @@ from steerlab.report.analyse import WINDOW, baseline, groups, operating_range
 from steerlab.report.comparisons import section_combinations
 from steerlab.report.format import fmt_delta, fmt_score, layer_ranges, missing, plural, short
 from steerlab.report.gather import N_EXTRACTION, N_QUESTIONS, Report
+from steerlab.stats import fmt_ci
 
 
 def section_cross(keys: list[Key]) -> list[str]:

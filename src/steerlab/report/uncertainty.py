@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from steerlab import stats
-from steerlab.records import Key, Sweep, Trial, best_of, fmt_ci
+from steerlab.records import Key, Sweep, Trial, best_of
 from steerlab.report.format import fmt_delta
-from steerlab.stats import Confirmation, Interval, Paired
+from steerlab.stats import Confirmation, Interval, Paired, fmt_ci
 
 
 @dataclass(frozen=True)

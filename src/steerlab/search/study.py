@@ -16,6 +16,7 @@ parameters are re-tried, so no budget is lost and a live worker's trials are nev
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import socket
@@ -50,6 +51,7 @@ PARENT_RUN = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow paren
 OBJECTIVE = "objective"  # study user attr: what a single objective's value is
 WORKER = "worker"  # trial user attr: "<host>:<pid>" of the process evaluating it
 ERROR = "error"  # trial user attr: why a trial failed by itself (it counts toward n_trials)
+DIED_WITH = (WORKER, "interrupted")  # a closed trial's attrs its retry must not inherit
 LEGACY_NAME = "steerlab"  # the study name sqlite files of earlier versions hold
 SPEED = (
     "batch_size",
@@ -179,7 +181,7 @@ def open_storage(cfg: DictConfig, url: str) -> optuna.storages.BaseStorage:
                     engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True},
                     heartbeat_interval=int(cfg.search.heartbeat_interval),
                     grace_period=int(cfg.search.grace_period),
-                    heartbeat_stale_trial_callback=_retry(),
+                    heartbeat_stale_trial_callback=_Retry(),
                 )
         except (IntegrityError, ProgrammingError):  # workers creating a new database's tables
             if attempt == 4:
@@ -193,11 +195,20 @@ def open_storage(cfg: DictConfig, url: str) -> optuna.storages.BaseStorage:
     raise AssertionError("unreachable")
 
 
-def _retry() -> RetryHeartbeatStaleTrialCallback:
-    """Optuna's callback that enqueues a stale trial's parameters again."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback()
+class _Retry:
+    """Optuna's callback that enqueues a stale trial's parameters again, less the attrs of the
+    run that died: it copies user attrs, and a retry still tagged with the dead worker would
+    look dead to every other worker from the moment a live one pops it until it tags it."""
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            self._retry = RetryHeartbeatStaleTrialCallback()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        clean = copy.copy(trial)
+        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in DIED_WITH}
+        self._retry(study, clean)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +324,7 @@ def close_dead(study: optuna.Study) -> list[int]:
     with warnings.catch_warnings():  # stable for years, still flagged experimental
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RDB heartbeats; retries enqueued by Optuna
-    retry = _retry()
+    retry = _Retry()
     host = socket.gethostname()
     closed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -403,7 +414,7 @@ def give_back(study: optuna.Study, trial: optuna.trial.Trial, why: str) -> None:
     trial.set_user_attr("interrupted", why[:2000])
     study.tell(trial, state=TrialState.FAIL)
     frozen = study.get_trials(deepcopy=False)[trial.number]
-    _retry()(study, frozen)
+    _Retry()(study, frozen)
 
 
 def release_surplus(study: optuna.Study, trials: list[Any], total: int) -> list[Any]:

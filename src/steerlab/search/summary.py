@@ -14,9 +14,9 @@ from optuna.trial import TrialState
 
 from steerlab import records
 from steerlab.config import position_of
-from steerlab.records import Trial, fmt_ci
+from steerlab.records import Trial
 from steerlab.search import study as st
-from steerlab.stats import Confirmation
+from steerlab.stats import Confirmation, fmt_ci
 
 log = logging.getLogger("steerlab.sweeper")
 
