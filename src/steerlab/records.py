@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from steerlab import stats
-from steerlab.stats import SCORES, Confirmation, Interval, ci_columns, intervals_of
+from steerlab.stats import SCORES, Confirmation, Interval, ci_columns, finite, intervals_of
 
 KIND = "steerlab.kind"  # tag: sweep | trial | report
 STRATEGY = "steerlab.strategy"  # tag of a combination-strategy sweep
@@ -119,16 +118,6 @@ def position_order(position: str) -> tuple:
 
 def order(value: str, known: Sequence[str]) -> tuple:
     return (known.index(value), "") if value in known else (len(known), value)
-
-
-def finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def as_int(value: Any) -> int | None:

@@ -22,6 +22,7 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -71,14 +72,7 @@ def per_question(rows: Iterable[Mapping], field: str) -> dict[str, float]:
     in first-seen question order."""
     sums: dict[str, list[float]] = {}
     for r in rows:
-        v = r.get(field)
-        if v is None:
-            continue
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(x):
+        if (x := finite(r.get(field))) is not None:
             sums.setdefault(str(r.get("question", "")), []).append(x)
     return {q: sum(xs) / len(xs) for q, xs in sums.items()}
 
@@ -127,12 +121,13 @@ def paired(a: Mapping[str, float], b: Mapping[str, float], seed: int = SEED) -> 
     return Paired(float(np.mean(d)), ci, sign_flip_p(d, seed), len(d))
 
 
-def deltas(scores: Mapping[str, float], base: Mapping[str, float]) -> list[float]:
-    """Per-question trait minus the unsteered answer's on the same question."""
-    return [scores[q] - base[q] for q in scores if q in base]
+def deltas(scores: Mapping[str, float], base: Mapping[str, float]) -> dict[str, float]:
+    """Per question: the steered trait minus the unsteered answer's on the same question."""
+    return {q: scores[q] - base[q] for q in scores if q in base}
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
+    """A number read back from a table or a param, or None when it is absent or not finite."""
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -148,7 +143,7 @@ def intervals_of(values: Mapping[str, Any]) -> tuple[Interval | None, ...]:
     """(trait, coherence, delta) intervals from `trait_lo`, `trait_hi`, ... values."""
     out: list[Interval | None] = []
     for k in SCORES:
-        lo, hi = _finite(values.get(f"{k}_lo")), _finite(values.get(f"{k}_hi"))
+        lo, hi = finite(values.get(f"{k}_lo")), finite(values.get(f"{k}_hi"))
         out.append(None if lo is None or hi is None else (lo, hi))
     return tuple(out)
 
@@ -164,7 +159,7 @@ def score_intervals(
         (
             bootstrap_ci(list(trait.values())),
             bootstrap_ci(list(per_question(rows, "coherence").values())),
-            bootstrap_ci(deltas(trait, base)),
+            bootstrap_ci(list(deltas(trait, base).values())),
         )
     )
 
@@ -187,7 +182,7 @@ class Confirmation:
     trait: dict[str, float]
     coherence: dict[str, float]
     baseline: dict[str, float]
-    coherence_min: float = 70.0
+    coherence_min: float
 
     @classmethod
     def of(
@@ -195,7 +190,7 @@ class Confirmation:
         trial: int | None,
         rows: Iterable[Mapping[str, Any]],
         base_rows: Iterable[Mapping[str, Any]],
-        coherence_min: float = 70.0,
+        coherence_min: float,
     ) -> Confirmation:
         rows = list(rows)
         return cls(
@@ -206,21 +201,21 @@ class Confirmation:
             coherence_min,
         )
 
-    @property
-    def n(self) -> int:
-        return len(deltas(self.trait, self.baseline))
-
-    @property
+    @cached_property
     def deltas(self) -> dict[str, float]:
         """Per question: steered trait minus unsteered trait."""
-        return {q: self.trait[q] - self.baseline[q] for q in self.trait if q in self.baseline}
+        return deltas(self.trait, self.baseline)
+
+    @property
+    def n(self) -> int:
+        return len(self.deltas)
 
     @property
     def delta(self) -> float | None:
         d = list(self.deltas.values())
         return sum(d) / len(d) if d else None
 
-    @property
+    @cached_property  # a bootstrap: computed once
     def delta_ci(self) -> Interval | None:
         return bootstrap_ci(list(self.deltas.values()))
 
@@ -229,7 +224,7 @@ class Confirmation:
         c = list(self.coherence.values())
         return sum(c) / len(c) if c else None
 
-    @property
+    @cached_property
     def coherence_ci(self) -> Interval | None:
         return bootstrap_ci(list(self.coherence.values()))
 

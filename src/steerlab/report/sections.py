@@ -23,7 +23,8 @@ from steerlab.report.gather import N_EXTRACTION, N_QUESTIONS, Report
 from steerlab.stats import fmt_ci
 
 
-def section_cross(keys: list[Key]) -> list[str]:
+def section_cross(keys: list[Key], rows: list[uq.Cross]) -> list[str]:
+    """`rows`: `uncertainty.cross` of the keys (the summary paragraph reads the same ones)."""
     out = ["## 1. Cross-trait results", ""]
     gs = groups(keys)
     if not gs:
@@ -41,8 +42,8 @@ def section_cross(keys: list[Key]) -> list[str]:
         "sweeps (search questions), and the unsteered mean on the held-out questions."
     )
     out.append("")
-    rows = []
-    for c in uq.cross(gs):
+    body = []
+    for c in rows:
         base, n = baseline(gs[c.group])
         held = uq.held_out_baseline(b[1] for b in (c.inst, c.nat) if b)
         runs = ", ".join(
@@ -50,7 +51,7 @@ def section_cross(keys: list[Key]) -> list[str]:
             for lab, b in (("inst", c.inst), ("nat", c.nat))
             if b
         )
-        rows.append(
+        body.append(
             [
                 c.group,
                 (f"{fmt_score(base)}" if base is None else f"{base:.1f} (n={n})")
@@ -63,7 +64,7 @@ def section_cross(keys: list[Key]) -> list[str]:
             ]
         )
     header = ["Trait", "Baseline", "Best Instruction", "Best Natural", "Natural − Instruction"]
-    return out + table([*header, "Winner", "Natural %", "Runs"], rows) + [""]
+    return out + table([*header, "Winner", "Natural %", "Runs"], body) + [""]
 
 
 def scored(key: Key, score: uq.Score) -> str:
@@ -391,6 +392,7 @@ def render(report: Report) -> str:
     exps = ", ".join(
         f"`{n}` ({'missing' if c is None else plural(c, 'sweep')})" for n, c in report.experiments
     )
+    cross = uq.cross(groups(report.keys))
     mins = sorted(
         {s.coherence_min for k in report.keys for s in k.sweeps}
         | {s.coherence_min for s in report.extra}
@@ -399,7 +401,7 @@ def render(report: Report) -> str:
         f"# steerlab report: {report.experiment}",
         "",
         *caveats(report),
-        *uq.summary(uq.cross(groups(report.keys)), report.keys),
+        *uq.summary(cross, report.keys),
         "## About this report",
         "",
         f"- Tracking URI: `{report.uri}`",
@@ -416,7 +418,7 @@ def render(report: Report) -> str:
         "",
     ]
     for part in (
-        section_cross(report.keys),
+        section_cross(report.keys, cross),
         section_positions(report.keys),
         section_methods(report.keys),
         section_layers(report.keys),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from steerlab import stats
 from steerlab.records import Key, Sweep, Trial, best_of
@@ -29,29 +30,26 @@ class Score:
         return self.confirmation is not None
 
     @property
+    def measured(self) -> Confirmation | Trial:
+        """Where the stated numbers come from: the held-out re-measurement, else the search."""
+        return self.confirmation or self.trial
+
+    @property
     def delta(self) -> float:
         c = self.confirmation
-        return c.delta if c and c.delta is not None else self.trial.delta
+        return c.delta if c is not None and c.delta is not None else self.trial.delta
 
     @property
     def ci(self) -> Interval | None:
-        c = self.confirmation
-        return c.delta_ci if c else self.trial.delta_ci
-
-    @property
-    def n(self) -> int | None:
-        c = self.confirmation
-        return c.n if c else None
+        return self.measured.delta_ci
 
     @property
     def borderline(self) -> bool:
-        c = self.confirmation
-        return c.borderline if c else self.trial.borderline
+        return self.measured.borderline
 
     @property
     def valid(self) -> bool:
-        c = self.confirmation
-        return c.valid if c else self.trial.valid
+        return self.measured.valid
 
     def text(self) -> str:
         """`+4.1 [-1.0, +9.3]`, and `search` when it is the (optimistic) search score."""
@@ -81,9 +79,7 @@ def held_out_baseline(scores: Iterable[Score]) -> float | None:
 
 def compare(a: Score | None, b: Score | None) -> Paired | None:
     """`a − b` over the held-out questions both were confirmed on (per-question deltas)."""
-    if a is None or b is None:
-        return None
-    if a.confirmation is None or b.confirmation is None:
+    if a is None or b is None or a.confirmation is None or b.confirmation is None:
         return None
     return stats.paired(a.confirmation.deltas, b.confirmation.deltas)
 
@@ -134,7 +130,7 @@ class Cross:
     inst: tuple[Key, Score, Sweep] | None
     nat: tuple[Key, Score, Sweep] | None
 
-    @property
+    @cached_property  # a bootstrap and a permutation test: computed once
     def paired(self) -> Paired | None:
         return compare(self.nat[1] if self.nat else None, self.inst[1] if self.inst else None)
 
