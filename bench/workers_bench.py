@@ -21,18 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = [  # the test suite's CPU-sized study on the embedded model
-    "trait=evil",
-    "position=10",
-    "extraction.max_pairs=40",
-    "extraction.vet.min_per_side=3",
-    "steering.n_questions=2",
-    "steering.max_new_tokens=16",
-    "search.coherence_min=50",
-    "search.batch_size=2",
-    "search.storage=journal",
-    "tracking.enabled=false",
-]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import SMALL  # noqa: E402 - the test suite's CPU-sized study on the embedded model
+
+STUDY = [*SMALL, "search.batch_size=2", "search.storage=journal", "tracking.enabled=false"]
 
 
 def steerlab(args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -69,7 +61,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--model-args", nargs="*", default=[], help="extra overrides (e.g. model=...)")
     a = p.parse_args()
-    base = [*SMALL, *a.model_args]
+    base = [*STUDY, *a.model_args]
     cache = Path(tempfile.mkdtemp(prefix="workers-cache-"))
     warm = steerlab([*base, f"paths.root={cache}/warm", f"paths.cache={cache}",
                      "search.n_trials=0"], dict(os.environ))  # fmt: skip

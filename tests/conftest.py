@@ -3,6 +3,8 @@ with an in-memory byte-level tokenizer, so no file or hub is needed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,15 @@ TINY_SWEEP = [  # a sweep of the tiny model (`tiny_dir`): few pairs, short answe
     "search.batch_size=2",
     "search.coherence_min=0",
     f"judge.options.calibration_dirs=[{REPO / 'traits' / 'evil'}]",
+]
+SMALL = [  # a CPU-sized study on the embedded model: few pairs, two short answers per trial
+    "trait=evil",
+    "position=10",
+    "extraction.max_pairs=40",
+    "extraction.vet.min_per_side=3",
+    "steering.n_questions=2",
+    "steering.max_new_tokens=16",
+    "search.coherence_min=50",
 ]
 
 ARCHS = ("llama", "qwen2", "gemma2")
@@ -77,6 +88,39 @@ def tiny_dir(tmp_path_factory):
     return out
 
 
+def run_steerlab(
+    *args: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m steerlab ARGS` run from the repository as a user would, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "steerlab", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def search_config(**kw):
+    """A `search` config node (tpe, 8 trials in batches of 4) with `kw` replaced."""
+    from omegaconf import OmegaConf
+
+    base = dict(
+        sampler="tpe",
+        n_trials=8,
+        batch_size=4,
+        seed=0,
+        layer_range=None,
+        coef_range=[0.05, 0.8],
+        coherence_min=70.0,
+        multi_objective=False,
+        enqueue=[],
+        options={},
+    )
+    return OmegaConf.create(base | kw)
+
+
 def tiny_args(root: Path, model: Path, *extra: str) -> list[str]:
     """`python -m steerlab` arguments of a tiny-model sweep into `root`."""
     return [
@@ -105,8 +149,6 @@ def user_root(tmp_path_factory) -> Path:
     """What a user has after a search and an ensemble search, in one root folder: the sweep
     folder `SWEEP`, the saved ensemble `ENSEMBLE` and their MLflow store, made by real sweeps
     (`python -m steerlab -m`) of a random 16-layer Llama saved to disk standing in for SmolLM2."""
-    import subprocess
-    import sys
 
     root = tmp_path_factory.mktemp("user-root")
     model = root / "tiny16"
@@ -117,14 +159,25 @@ def user_root(tmp_path_factory) -> Path:
         ["search.n_trials=4"],
         ["search=cmaes_ensemble", "steering=attn_ensemble", "search.n_trials=4"],
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "steerlab", *user_args(root, model, *extra)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        done = run_steerlab(*user_args(root, model, *extra))
         assert done.returncode == 0, done.stderr[-3000:]
     assert (root / SWEEP / "trials.json").is_file()
     assert (root / "ensembles" / f"{ENSEMBLE}.json").is_file()
     return root
+
+
+def loop_bootstrap(values, seed=0, n_boot=10_000, level=0.95):
+    """The percentile bootstrap of the mean, written as a plain loop with linear interpolation:
+    what the tests check `steerlab.stats.bootstrap_ci` (and every interval) against."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    means = sorted(sum(values[int(i)] for i in rng.integers(0, n, n)) / n for _ in range(n_boot))
+
+    def quantile(p):
+        h = (len(means) - 1) * p
+        lo = int(h)
+        return means[lo] + (h - lo) * (means[min(lo + 1, len(means) - 1)] - means[lo])
+
+    return quantile((1 - level) / 2), quantile((1 + level) / 2)

@@ -8,16 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = [  # CPU-sized: few pairs, two short answers per trial
-    "trait=evil",
-    "position=10",
-    "extraction.max_pairs=40",
-    "extraction.vet.min_per_side=3",
-    "steering.n_questions=2",
-    "steering.max_new_tokens=16",
-    "search.coherence_min=50",
-]
+from conftest import REPO, SMALL, run_steerlab
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +20,8 @@ def cache():
 
 
 def steerlab(root: Path, cache: Path, *args: str, check: bool = True):
-    cmd = [sys.executable, "-m", "steerlab", *args, f"paths.root={root}", f"paths.cache={cache}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    cmd = [*args, f"paths.root={root}", f"paths.cache={cache}"]
+    proc = run_steerlab(*cmd, timeout=1200)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from conftest import REPO, tiny_args
+from conftest import run_steerlab, tiny_args
 
 
 def completion(score: str) -> bytes:
@@ -65,8 +64,7 @@ def sweep(root: Path, model: Path, judge: Judge, *extra: str):
     args = [a for a in tiny_args(root, model) if not a.startswith("judge.options.")]
     args += ["judge=openai", f"judge.base_url={judge.url}", "judge.model=test",
              "judge.timeout=1", "judge.concurrency=4", "judge.backoff=0.05", *extra]  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return run_steerlab(*args)
 
 
 def test_a_judge_that_dies_mid_sweep_costs_no_budget(tmp_path, tiny_dir):
@@ -121,8 +119,7 @@ def test_a_full_disk_stops_a_sweep_in_one_line_and_the_study_resumes(tmp_path, t
         pytest.skip("mounting a small tmpfs needs root")
     try:
         args = [*tiny_args(disk, tiny_dir), f"paths.cache={cache}", "search.n_trials=40"]
-        full = subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        full = run_steerlab(*args)
         errors = [line for line in full.stderr.splitlines() if line.startswith("steerlab: error:")]
         assert full.returncode == 2 and len(errors) == 1, full.stderr[-3000:]
         assert "full" in errors[0] and "Traceback" not in full.stderr
@@ -136,7 +133,6 @@ def test_a_full_disk_stops_a_sweep_in_one_line_and_the_study_resumes(tmp_path, t
     n_done = len(before.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     assert 0 < n_done < 40
     args = [*tiny_args(tmp_path / "big", tiny_dir), f"paths.cache={cache}", "search.n_trials=40"]
-    again = subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=REPO,
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    again = run_steerlab(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "40 trials done, 0 failed" in again.stdout

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, tiny_args
+from conftest import run_steerlab, tiny_args
 
 
 def steerlab(root: Path, model: Path, *args: str, sweep: bool = False, env=None):
@@ -22,14 +20,7 @@ def steerlab(root: Path, model: Path, *args: str, sweep: bool = False, env=None)
         full.remove("-m")
     if "judge=openai" in args:  # the offline judge's calibration option is not the openai one's
         full = [a for a in full if not a.startswith("judge.options.")]
-    proc = subprocess.run(
-        [sys.executable, "-m", "steerlab", *full],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    proc = run_steerlab(*full, timeout=300, env=env)
     return proc, proc.stdout + proc.stderr
 
 

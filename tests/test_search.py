@@ -2,30 +2,14 @@
 
 import optuna
 import pytest
-from omegaconf import OmegaConf
 
+from conftest import search_config
 from hydra_plugins.steerlab_sweeper.steerlab_sweeper import combos
 from steerlab.config import SteeringConfig
 from steerlab.search.pareto import frontier
 from steerlab.search.strategies import Adaptive, CmaEnsemble, Strategy, make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def _search(**kw):
-    base = dict(
-        sampler="tpe",
-        n_trials=8,
-        batch_size=4,
-        seed=0,
-        layer_range=None,
-        coef_range=[0.05, 0.8],
-        coherence_min=70.0,
-        multi_objective=False,
-        enqueue=[],
-        options={},
-    )
-    return OmegaConf.create(base | kw)
 
 
 def _tell(study, trial, trait, coherence, strategy, threshold=70.0):
@@ -40,7 +24,7 @@ def test_frontier_keeps_only_non_dominated_points():
 
 
 def test_optuna_strategy_respects_space_and_constraint():
-    search = _search()
+    search = search_config()
     s = Strategy(search, list(range(3, 9)))
     study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", 0, {}))
     for _ in range(3):
@@ -60,7 +44,7 @@ def test_optuna_strategy_respects_space_and_constraint():
 
 
 def test_adaptive_multiplies_up_when_coherent_and_replays_state():
-    search = _search(
+    search = search_config(
         sampler="adaptive",
         coef_range=[0.01, 10.0],
         options=dict(start=1.0, up=2.0, down=0.5, momentum=0.0, steps=2),
@@ -80,7 +64,7 @@ def test_adaptive_multiplies_up_when_coherent_and_replays_state():
 
 
 def test_cma_ensemble_penalises_incoherent_candidates_and_replays_generations():
-    search = _search(sampler="cmaes_ensemble", batch_size=4, options={"base": 1.0})
+    search = search_config(sampler="cmaes_ensemble", batch_size=4, options={"base": 1.0})
     s = CmaEnsemble(search, list(range(10)), [2, 5])
     assert s.fitness(80, 60, 70) > s.fitness(10, 75, 70)  # any coherent beats any incoherent
     study = optuna.create_study(direction="maximize", sampler=make_sampler("random", 0, {}))

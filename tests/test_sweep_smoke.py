@@ -6,36 +6,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tiny_args
+from conftest import loop_bootstrap, run_steerlab, tiny_args
 
 
 def sweep(root: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = tiny_args(root, model, *extra)
-    return subprocess.run(
-        [sys.executable, "-m", "steerlab", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_steerlab(*tiny_args(root, model, *extra))
 
 
-def boot(values: list[float], n_boot: int = 10_000) -> tuple[float, float]:
-    """The percentile bootstrap of the mean (seed 0), written as a loop."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    means = [sum(values[int(i)] for i in rng.integers(0, len(values), len(values))) / len(values)
-             for _ in range(n_boot)]  # fmt: skip
-    return tuple(np.quantile(means, [0.025, 0.975]))
-
-
-def held_delta_per_question(held: dict) -> float:
+def held_delta(held: dict) -> float:
     """Rollouts of a question averaged first, then questions."""
     base: dict[str, list[float]] = {}
     steered: dict[str, list[float]] = {}
@@ -45,11 +27,6 @@ def held_delta_per_question(held: dict) -> float:
     return sum(sum(v) / len(v) - sum(base[q]) / len(base[q]) for q, v in steered.items()) / len(
         steered
     )
-
-
-def held_delta(held: dict) -> float:
-    base = {r["question"]: r["trait"] for r in held["baseline"]}
-    return sum(r["trait"] - base[r["question"]] for r in held["rows"]) / len(held["rows"])
 
 
 def test_sweep_runs_records_and_resumes_on_a_tiny_model(tmp_path, tiny_dir):
@@ -68,7 +45,7 @@ def test_sweep_runs_records_and_resumes_on_a_tiny_model(tmp_path, tiny_dir):
         assert len(answers) == 2
         # 95% bootstrap CIs over the questions, beside the means (a loop bootstrap, seed 0)
         for name in ("trait", "coherence"):
-            lo, hi = boot([a[name] for a in answers])
+            lo, hi = loop_bootstrap([a[name] for a in answers])
             assert (r[f"{name}_lo"], r[f"{name}_hi"]) == pytest.approx((lo, hi))
         assert r["delta_lo"] <= r["delta"] <= r["delta_hi"]
     # the best valid trial re-measured on held-out questions the search never asked
@@ -96,6 +73,4 @@ def test_sweep_runs_records_and_resumes_on_a_tiny_model(tmp_path, tiny_dir):
     for r in held["rows"]:
         by_question.setdefault(r["question"], []).append(r["answer"])
     assert len(by_question) == 6 and any(len(set(a)) == 2 for a in by_question.values())
-    assert f"confirmed on 6 held-out question(s): delta {held_delta_per_question(held):+.1f}" in (
-        again.stdout
-    )
+    assert f"confirmed on 6 held-out question(s): delta {held_delta(held):+.1f}" in (again.stdout)

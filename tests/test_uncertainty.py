@@ -7,9 +7,9 @@ from __future__ import annotations
 import itertools
 import statistics
 
-import numpy as np
 import pytest
 
+from conftest import loop_bootstrap as boot
 from steerlab import records, stats, tracking
 from steerlab.records import Trial
 from steerlab.report.cli import main
@@ -27,20 +27,6 @@ EVIL_NAT_PROBE = [d - 2.0 for d in EVIL_NAT]  # 2 below mean_diff on every quest
 SYC_INST = [10.0, 12.0, 9.0, 11.0, 10.0, 13.0, 8.0, 11.0]  # CI above 0: a ratio is allowed
 SYC_NAT = [30.0, -5.0, 25.0, -2.0, 28.0, -4.0, 20.0, 0.0]  # mean 11.5, but noisy
 HAL_INST = [4.0, 6.0, 5.0, 7.0, 3.0, 6.0, 5.0, 4.0]
-
-
-def boot(values, seed=0, n_boot=10_000, level=0.95):
-    """The percentile bootstrap of the mean, written as a loop with linear interpolation."""
-    rng = np.random.default_rng(seed)
-    n = len(values)
-    means = sorted(sum(values[int(i)] for i in rng.integers(0, n, n)) / n for _ in range(n_boot))
-
-    def quantile(p):
-        h = (len(means) - 1) * p
-        lo = int(h)
-        return means[lo] + (h - lo) * (means[min(lo + 1, len(means) - 1)] - means[lo])
-
-    return quantile((1 - level) / 2), quantile((1 + level) / 2)
 
 
 def perm_p(diffs):

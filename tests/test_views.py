@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import threading
 import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -19,7 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import optuna
 import pytest
 
-from conftest import REPO, tiny_args
+from conftest import run_steerlab, search_config, tiny_args
 from steerlab import records, tracking
 from steerlab.records import Trial
 from steerlab.search import pareto, runs
@@ -33,27 +31,9 @@ CMIN = 5.0  # the tiny model's answers score coherence ~1-10: some trials pass, 
 # units
 
 
-def _search(**kw):
-    from omegaconf import OmegaConf
-
-    base = dict(
-        sampler="tpe",
-        n_trials=8,
-        batch_size=4,
-        seed=0,
-        layer_range=None,
-        coef_range=[0.05, 0.8],
-        coherence_min=70.0,
-        multi_objective=False,
-        enqueue=[],
-        options={},
-    )
-    return OmegaConf.create(base | kw)
-
-
 def test_an_invalid_trial_ranks_below_every_valid_one_in_the_storage():
     """`storage.get_best_trial` (what optuna-dashboard shows as best) ranks by value alone."""
-    s = Strategy(_search(), [0, 1, 2])
+    s = Strategy(search_config(), [0, 1, 2])
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(
         storage=storage, direction="maximize", sampler=make_sampler("tpe", 0, {})
@@ -76,7 +56,7 @@ def test_an_invalid_trial_ranks_below_every_valid_one_in_the_storage():
 
 def test_gp_is_told_the_trait_itself():
     """GP models the value as a smooth function; the constraint has a model of its own."""
-    s = Strategy(_search(sampler="gp"), [0, 1, 2])
+    s = Strategy(search_config(sampler="gp"), [0, 1, 2])
     study = optuna.create_study(direction="maximize")
     [t] = s.propose(study, 1)
     s.tell(study, t, {"trait": 95.0, "coherence": 20.0}, 70.0)
@@ -167,13 +147,7 @@ def test_a_run_span_sets_its_start_and_end_times(tmp_path):
 
 
 def _steerlab(*args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "steerlab", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_steerlab(*args, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -208,13 +182,7 @@ def test_cfg_job_shows_the_effective_extraction_position():
 def swept(tmp_path_factory, tiny_dir):
     root = tmp_path_factory.mktemp("views")
     args = tiny_args(root, tiny_dir, "search.n_trials=8", f"search.coherence_min={CMIN:g}")
-    proc = subprocess.run(
-        [sys.executable, "-m", "steerlab", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_steerlab(*args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [sweep_dir] = (root / "multirun" / "tiny" / "evil").glob("*/*")
     rows = json.loads((sweep_dir / "trials.json").read_text())
