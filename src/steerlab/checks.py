@@ -19,7 +19,7 @@ from steerlab.errors import ConfigError
 def check(cfg: DictConfig) -> None:
     """Cheap checks with one-line errors, before any model loads."""
     from steerlab.data import load_trait
-    from steerlab.models import COMPONENTS, ModelSpec, check_variants
+    from steerlab.models import COMPONENTS, ModelSpec, check_variants, is_random, parse_random
     from steerlab.vectors import check_units
 
     position_of(cfg)
@@ -37,6 +37,12 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"{name}={value!r} is not valid; choose one of {valid}")
     _check_numbers(cfg)
     spec = ModelSpec(**OmegaConf.to_container(cfg.model))  # type: ignore[arg-type]
+    for k in ("steering", "extraction"):
+        if is_random(ref := getattr(spec, k)):
+            try:
+                parse_random(ref)
+            except ValueError as e:
+                raise ConfigError(f"model.{k}={ref}: {e}") from None
     try:
         n_layers, hidden = check_variants(spec)
     except (OSError, ValueError) as e:
@@ -118,6 +124,21 @@ def _check_questions(cfg: DictConfig, total: int) -> None:
         )
 
 
+def _given_vector(cfg: DictConfig) -> bool:
+    """Steering a saved vector file: nothing is elicited or vetted."""
+    return bool(cfg.steering.vector or cfg.steering.mix)
+
+
+def random_refs(cfg: DictConfig) -> list[str]:
+    """The config's randomly initialised models, as `field=ref`."""
+    from steerlab.models import is_random
+
+    refs = [(f"model.{k}", cfg.model[k]) for k in ("extraction", "steering")]
+    if cfg.judge.backend == "hf":
+        refs.append(("judge.model", cfg.judge.model))
+    return [f"{k}={v}" for k, v in refs if is_random(str(v))]
+
+
 def _unreadable(ref: str) -> bool:
     from steerlab.models import shape_of
 
@@ -141,8 +162,21 @@ def _check_vector_file(name: str, path: Path, n_layers: int, hidden: int) -> Non
 
 
 def _check_judge(cfg: DictConfig) -> None:
-    """An OpenAI judge needs its key before any work (a local server may not)."""
+    """An OpenAI judge needs its key before any work (a local server may not); a random `hf`
+    judge scores at random, so vetting by it would keep a random subset."""
+    from steerlab.models import is_random, parse_random
+
     j = cfg.judge
+    if j.backend == "hf" and is_random(j.model):
+        try:
+            parse_random(j.model)
+        except ValueError as e:
+            raise ConfigError(f"judge.model={j.model}: {e}") from None
+        if cfg.extraction.vet.enabled and not _given_vector(cfg):
+            raise ConfigError(
+                f"judge.model={j.model} has random weights and scores at random: vetting by it "
+                "would keep a random subset; set extraction.vet.enabled=false"
+            )
     if j.backend != "openai" or os.environ.get(j.api_key_env, "").strip():
         return
     host = urlparse(j.base_url).hostname or ""

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from steerlab import timing
 from steerlab.attention import folded_attention
 from steerlab.steering import Site, SteeringSites, all_sites, is_steered
 
@@ -157,6 +158,7 @@ class Engine:
         self.sites = SteeringSites(model, all_sites(model) if sites is None else sites, max_batch)
         self.use_graphs = compile is True and self.device.type == "cuda"
         self.compiles = 0  # (bucket, variant) pairs compiled, i.e. graphs built
+        self.compile_s = 0.0  # seconds in buckets' first calls (compile, warm-up, capture)
         self.timing: dict[str, float] = {}  # last generate: prefill_ms, decode_ms, decode_steps
         self.logits: torch.Tensor | None = None  # last generate's first decode step, on request
         self._slots: dict[tuple[int, int], _Slot] = {}
@@ -388,7 +390,6 @@ class Engine:
         return steps
 
     def _one_step(self, s: _Slot, key: tuple[bool, bool]) -> None:
-        import torch
 
         graph = s.graphs.get(key)
         if graph is not None:
@@ -396,6 +397,22 @@ class Engine:
             return
         done = s.warmups.get(key, 0)
         self.compiles += done == 0
+        # a bucket's first call compiles and its last uncaptured one captures the graph
+        first = done == 0 or (self.use_graphs and not key[0] and done >= WARMUPS)
+        t0 = time.perf_counter()
+        try:
+            self._build_step(s, key, done)
+        finally:
+            if first:
+                dt = time.perf_counter() - t0
+                self.compile_s += dt
+                timing.count("compile_s", dt)
+                timing.count("compiles", done == 0)
+
+    def _build_step(self, s: _Slot, key: tuple[bool, bool], done: int) -> None:
+        """A step of a bucket that has no graph yet: compiled call, or its graph's capture."""
+        import torch
+
         if not (self.use_graphs and not key[0] and done >= WARMUPS):  # graphs: greedy steps
             s.warmups[key] = done + 1
             try:

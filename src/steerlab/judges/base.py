@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from steerlab import timing
 from steerlab.cache import KeyedJsonlStore, digest
 from steerlab.data import TraitData
 
@@ -54,7 +55,8 @@ def cached_scores(
     keys = [digest(q, a, n=24) for q, a in pairs]
     todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
     if todo:
-        fresh = judge.score(trait, [pairs[i] for i in todo])
+        with timing.stage("judge"):
+            fresh = judge.score(trait, [pairs[i] for i in todo])
         for i, s in zip(todo, fresh, strict=True):
             known[keys[i]] = s
         store.add(

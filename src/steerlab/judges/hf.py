@@ -18,7 +18,7 @@ from steerlab.cache import digest
 from steerlab.generation import batch_tokens_for, left_pad, length_batches, prompt_ids
 from steerlab.judges.llm import LLMJudge, Prompts, Reading, low_mass_note
 from steerlab.judges.logprobs import expected_score
-from steerlab.models import load_model
+from steerlab.models import is_random, load_model, numeric_head
 
 if TYPE_CHECKING:
     from steerlab.models import LoadedModel
@@ -41,7 +41,9 @@ class HFJudge(LLMJudge):
     ) -> None:
         super().__init__(prompts, min_mass, max_tokens)
         if isinstance(model, str):
-            model = load_model(model, dtype=dtype, device=device)
+            ref, model = model, load_model(model, dtype=dtype, device=device)
+            if is_random(ref):  # it cannot read a rubric; its scores are random numbers
+                numeric_head(model)
         self.lm = model
         self.batch_size = max(1, int(batch_size))
         self.batch_tokens = batch_tokens_for(model, batch_tokens)  # -1: a budget on CUDA only

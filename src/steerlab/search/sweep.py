@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from steerlab import records, stats, tracking
+from steerlab import records, stats, timing, tracking
 from steerlab import runner as rn
 from steerlab.checks import check
 from steerlab.combinations import place
@@ -78,14 +78,16 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
             search.sampler, st.sampler_seed(search.seed, study), strategy.grid_space()
         )
         searched = strategy.searched()
-        parent = _parent_run(cfg, handle, sweep_dir, searched)
+        with timing.stage("mlflow"):
+            parent = _parent_run(cfg, handle, sweep_dir, searched)
         setup = runner.setup(cfg)  # extraction, vetting and baseline once per process
     except (ValueError, FileNotFoundError) as e:
         label = redact(label)
         log.error("study %s skipped: %s", label, e)
         return Summary(f"\n== skipped ({label}): {e}", error=e)
     if handle.created and parent:
-        _log_setup(cfg, parent, setup)
+        with timing.stage("mlflow"):
+            _log_setup(cfg, parent, setup)
     base = steering_of(cfg)
     total = _total(cfg, strategy)
     not_logged: list[int] = []
@@ -96,6 +98,7 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
         if done >= total:
             break
         left = total - done - flying
+        t_ask = time.perf_counter()
         trials = strategy.propose(study, min(search.batch_size, left)) if left > 0 else []
         for t in trials:
             t.set_user_attr(st.WORKER, st.worker_id())
@@ -109,7 +112,7 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
         pending = list(trials)
         progress.start([t.number for t in trials], done)
         try:
-            with st.heartbeats(handle, trials):
+            with st.heartbeats(handle, trials), timing.stage("search", since=t_ask):
                 outcomes = _evaluate(runner, setup, steers, root_of(cfg))
                 span = progress.evaluated()
                 for t, steer, outcome in zip(trials, steers, outcomes, strict=True):
@@ -119,14 +122,16 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                         pending.remove(t)
                         continue
                     job = sweep_dir / str(t.number)
-                    scores, error = rn.record(
-                        cfg, setup, steer, outcome, job, t.number, parent, span
-                    )
-                    if error:
-                        t.set_user_attr("tracking_error", error)
-                        not_logged.append(t.number)
-                    strategy.tell(study, t, scores, search.coherence_min, multi)
+                    with timing.stage("record"):
+                        scores, error = rn.record(
+                            cfg, setup, steer, outcome, job, t.number, parent, span
+                        )
+                        if error:
+                            t.set_user_attr("tracking_error", error)
+                            not_logged.append(t.number)
+                        strategy.tell(study, t, scores, search.coherence_min, multi)
                     pending.remove(t)
+                    timing.mark("first_trial")
         except INFRA as e:  # judge down, disk full...: give the trials back
             why = secret_free(e, cfg)
             for t in pending:
@@ -141,8 +146,10 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
         progress.end(study, search.coherence_min)
     trials = st.records(study, strategy, base, search.coherence_min)
     try:
-        confirmed = _confirm(runner, cfg, study, strategy, trials, setup, sweep_dir)
-        summary = _finish(cfg, handle, trials, parent, sweep_dir, setup, searched, confirmed)
+        with timing.stage("confirm"):
+            confirmed = _confirm(runner, cfg, study, strategy, trials, setup, sweep_dir)
+        with timing.stage("finish"):
+            summary = _finish(cfg, handle, trials, parent, sweep_dir, setup, searched, confirmed)
     except INFRA as e:
         why = secret_free(e, cfg)
         return Summary(f"\n== {redact(label)}: {why}", error=InfraError(f"{why} (trials kept)"))
