@@ -177,6 +177,14 @@ def test_buckets_are_reused_across_batches(llama):
     assert engine.compiles == 2  # 3 and 4 rows share the 4-row bucket; 5 rows take 8
 
 
+def test_two_row_buckets_when_asked():
+    assert bucket(3, 20, 12, 256, 128, small=64) == (64, 128)
+    assert bucket(64, 20, 12, 256, 128, small=64) == (64, 128)
+    assert bucket(65, 20, 12, 256, 128, small=64) == (256, 128)
+    assert bucket(200, 20, 12, 256, 128, small=64) == (256, 128)
+    assert bucket(10, 20, 12, 32, 128, small=64) == (32, 128)
+
+
 def test_sampling_runs_and_repeats_with_its_seed(llama):
     prompts = [prompt_ids(llama, q) for q in QUESTIONS]
     a = _gen(llama, prompts, None, "static", temperature=1.0, seed=7)

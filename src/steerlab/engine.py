@@ -18,8 +18,9 @@ exactly those it compiled against, and that no `steer()` context is open, and re
 otherwise. Outside the engine's own calls its hooks add nothing, so eager forwards on the same
 model (capture, judges, `steer()`) are unaffected.
 
-Buckets: a batch is padded to a power-of-two row count and its cache length rounded up to a
-multiple of `length_step`; each (rows, length) bucket keeps its cache, buffers and graph, so a
+Buckets: a batch is padded to a power-of-two row count (compiled on a GPU, to 64 rows or
+`max_batch`: fewer buckets, fewer compiles) and its cache length rounded up to a multiple of
+`length_step`; each (rows, length) bucket keeps its cache, buffers and graph, so a
 sweep compiles a handful of graphs once and replays them. Prefill stays eager (one forward per
 batch; its width changes with every batch). Rows that reach a stop token emit padding while the
 others continue; the batch ends once every row has stopped, checked every few steps through an
@@ -29,12 +30,14 @@ CPU reference that the tests compare with today's `generate` path.
 
 from __future__ import annotations
 
+import os
 import time
 import types
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from steerlab import timing
@@ -49,6 +52,25 @@ if TYPE_CHECKING:
 
 CHECK_EVERY = 8  # decode steps between "has every row stopped?" checks
 WARMUPS = 2  # compiled calls of a new bucket before its CUDA graph is captured
+SMALL_BUCKET = 64  # rows of the smaller of the two buckets a compiled GPU engine uses
+
+
+def persistent_compile_cache() -> Path:
+    """Keep inductor's compiled kernels and graphs (and Triton's, inside it) in
+    `~/.cache/steerlab/compile` unless `TORCHINDUCTOR_CACHE_DIR` says otherwise, with its FX graph
+    and AOTAutograd caches on: the next process on this machine (a resumed study, a second
+    worker, the next study of an experiment) loads what this one compiled instead of compiling
+    again; only dynamo's tracing is repeated."""
+    import torch._functorch.config as aot
+    import torch._inductor.config as inductor
+
+    from steerlab.models import CACHE_HOME
+
+    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_HOME / "compile")))
+    inductor.fx_graph_cache = True
+    if hasattr(aot, "enable_autograd_cache"):
+        aot.enable_autograd_cache = True
+    return path
 
 
 class EngineError(RuntimeError):
@@ -60,13 +82,17 @@ def next_pow2(n: int) -> int:
 
 
 def bucket(
-    rows: int, width: int, new_tokens: int, max_batch: int, length_step: int
+    rows: int, width: int, new_tokens: int, max_batch: int, length_step: int, small: int = 0
 ) -> tuple[int, int]:
     """(padded rows, cache length) for a batch: a power of two of rows (at most `max_batch`),
-    and prompt width + new tokens rounded up to whole `length_step`s."""
+    or with `small` only two row counts, `small` or `max_batch` (each bucket is a compile, and
+    a small batch costs about as much as a larger one on a GPU); and prompt width + new tokens
+    rounded up to whole `length_step`s."""
     if not 0 < rows <= max_batch:
         raise EngineError(f"a batch of {rows} rows does not fit this engine (max {max_batch})")
     length = -(-(width + new_tokens) // length_step) * length_step
+    if small:
+        return (min(small, max_batch) if rows <= small else max_batch), length
     return min(next_pow2(rows), max_batch), length
 
 
@@ -145,6 +171,7 @@ class Engine:
         sites: Sequence[Site] | None = None,
         max_batch: int = 64,
         length_step: int = 128,
+        small: int | None = None,
     ) -> None:
         import torch
 
@@ -157,6 +184,8 @@ class Engine:
         self.vocab = int(model.model.get_output_embeddings().weight.shape[0])
         self.sites = SteeringSites(model, all_sites(model) if sites is None else sites, max_batch)
         self.use_graphs = compile is True and self.device.type == "cuda"
+        # compiled on a GPU: two row buckets (64 or max_batch), since every bucket compiles
+        self.small = (SMALL_BUCKET if self.use_graphs else 0) if small is None else small
         self.compiles = 0  # (bucket, variant) pairs compiled, i.e. graphs built
         self.compile_s = 0.0  # seconds in buckets' first calls (compile, warm-up, capture)
         self.timing: dict[str, float] = {}  # last generate: prefill_ms, decode_ms, decode_steps
@@ -171,6 +200,7 @@ class Engine:
     def _compiled(self, fullgraph: bool) -> Any:
         import torch
 
+        persistent_compile_cache()
         cfg = torch._dynamo.config
         for name in ("recompile_limit", "cache_size_limit"):
             if hasattr(cfg, name):
@@ -290,7 +320,9 @@ class Engine:
             raise ValueError("need max_new_tokens >= 1 and non-empty prompts")
         self.check()
         n, width = len(prompts), max(len(p) for p in prompts)
-        rows_b, length = bucket(n, width, max_new_tokens, self.max_batch, self.length_step)
+        rows_b, length = bucket(
+            n, width, max_new_tokens, self.max_batch, self.length_step, self.small
+        )
         sampling, key = temperature > 0, (temperature > 0, keep_logits)
         seqs = [list(p) for p in prompts] + [[self.pad_id]] * (rows_b - n)
         ids = [[self.pad_id] * (width - len(q)) + q for q in seqs]
