@@ -174,7 +174,7 @@ def main() -> None:
     by = {t["name"]: t for t in runs}
     hours = projection(runs, cold, by.get("instruction"))
     print("\n" + table(runs) + "\n")
-    print(f"report: {read_back}")
+    print(read_back)
     (args.out / "runs.json").write_text(json.dumps(runs, indent=1))
     c_cold = cold["counters"].get("compile_s", 0.0)
     line = {

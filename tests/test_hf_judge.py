@@ -106,3 +106,43 @@ def test_identity_tracks_weights_and_prompts():
     assert a.identity != HFJudge(PROMPTS, tiny_model("llama", seed=1)).identity
     changed = Prompts(PROMPTS.trait, PROMPTS.coherence + " ", PROMPTS.relevance)
     assert a.identity != HFJudge(changed, tiny_model("llama")).identity
+
+
+def test_a_shared_prefix_runs_once_and_reads_the_same():
+    """Prompts of one template are batched together and their common first tokens run once;
+    the readings equal those of the whole prompts run one at a time."""
+    from steerlab.generation import prompt_ids
+    from steerlab.judges.hf import common_prefix, prefix_groups
+
+    lm = tiny_model("qwen2", seed=5)
+    head = "You are grading an AI assistant's answer to a question, as a careful judge. "
+    long = Prompts(
+        **{k: k + ". " + head + getattr(PROMPTS, k) for k in ("trait", "coherence", "relevance")}
+    )
+    texts = [long.render(k, TRAIT, q, a) for q, a in PAIRS if a for k in ("trait", "coherence")]
+    ids = [prompt_ids(lm, t) for t in texts]
+    groups = prefix_groups(ids)
+    assert len(groups) == 2 and sorted(sum(groups, [])) == list(range(len(texts)))
+    assert all(common_prefix([ids[i] for i in g]) >= 16 for g in groups)
+    kw = dict(min_mass=0.0, top_logprobs=len(lm.tokenizer))
+    shared = HFJudge(long, lm, batch_size=8, **kw)
+    calls = []
+    forward = lm.model.forward
+    lm.model.forward = lambda *a, **k: calls.append(k["input_ids"].shape) or forward(*a, **k)
+    got = shared.read(texts)
+    lm.model.forward = forward
+    whole = HFJudge(long, lm, batch_size=1, share_prefix=False, **kw).read(texts)
+    assert any(s[0] == 1 and s[1] >= 16 for s in calls)  # a prefix alone, once per batch
+    assert max(s[0] * s[1] for s in calls) < sum(len(i) for i in ids) / 2
+    for a, b in zip(got, whole, strict=True):
+        assert a.mass == pytest.approx(b.mass, rel=1e-3, abs=1e-6)
+        assert a.score == pytest.approx(b.score, abs=1e-2)
+
+
+def test_common_prefix_leaves_each_row_a_token():
+    from steerlab.judges.hf import common_prefix
+
+    assert common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert common_prefix([[7], [7, 8]]) == 0
+    assert common_prefix([[1, 2], [3, 4]]) == 0

@@ -67,6 +67,15 @@ def _peak_gib() -> float | None:
     return max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**30
 
 
+def _compile_phases() -> str | None:
+    """Dynamo's own table of compile time per phase (tracing, inductor...), when it compiled."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    try:
+        return utils.compile_times(repr="str", aggregate=True) if utils else None
+    except Exception:  # noqa: BLE001 - a diagnostic; never fail the run's exit over it
+        return None
+
+
 def snapshot() -> dict[str, Any]:
     import psutil
 
@@ -76,6 +85,7 @@ def snapshot() -> dict[str, Any]:
         "marks": dict(_marks),
         "counters": dict(_counters),
         "peak_gib": _peak_gib(),
+        "compile_phases": _compile_phases(),
     }
 
 

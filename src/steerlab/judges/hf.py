@@ -1,8 +1,13 @@
 """LLM judge on a local transformers chat model, with the same prompts and logprob method.
 
 Per batch of chat-templated prompts (left padded, length-sorted, on CUDA as many rows as fit a
-token budget): one prefill gives the first token's top-k, then up to `max_tokens - 1` greedy
-decode steps (KV cache, no sampling) give the next positions' top-k along the greedy path. Top-k
+token budget): one prefill gives the first token's top-k, then `max_tokens - 1` greedy decode
+steps (KV cache, the argmax of the raw logits: no sampling, no penalties) give the next
+positions' top-k along the greedy path.
+Prompts of one template share their first few hundred tokens (instructions and rubric), so
+they are batched together and that shared prefix is run once per batch: its KV cache is copied
+to every row and only the rows' own tokens are computed (`share_prefix`; half or more of a
+judge's work at 128-token answers). Top-k
 runs on the device for every row and step at once and reaches the host in one transfer. That is
 exactly what an OpenAI-compatible server returns, so `steerlab.judges.logprobs` reads both the
 same way: exact for the greedy path (including digit splitting "1","0","0"), with its documented
@@ -21,6 +26,8 @@ from steerlab.judges.logprobs import expected_score
 from steerlab.models import is_random, load_model, numeric_head
 
 if TYPE_CHECKING:
+    import torch
+
     from steerlab.models import LoadedModel
 
 
@@ -38,6 +45,7 @@ class HFJudge(LLMJudge):
         dtype: str = "auto",
         device: str = "auto",
         batch_tokens: int | None = -1,
+        share_prefix: bool = True,
     ) -> None:
         super().__init__(prompts, min_mass, max_tokens)
         if isinstance(model, str):
@@ -48,11 +56,12 @@ class HFJudge(LLMJudge):
         self.batch_size = max(1, int(batch_size))
         self.batch_tokens = batch_tokens_for(model, batch_tokens)  # -1: a budget on CUDA only
         self.top_logprobs = int(top_logprobs)
+        self.share_prefix = bool(share_prefix)
         self._fingerprint = _fingerprint(model)
         self._pieces: dict[int, str] = {}
 
-    def _where(self) -> str:
-        return f"{self.lm.ref}:{self._fingerprint}:top{self.top_logprobs}"
+    def _where(self) -> str:  # "raw": greedy steps pick by the raw logits, no penalties
+        return f"{self.lm.ref}:{self._fingerprint}:top{self.top_logprobs}:raw"
 
     def _piece(self, token_id: int) -> str:
         """A token's text as an API would show it (" 8", "8", "<|im_end|>")."""
@@ -63,35 +72,67 @@ class HFJudge(LLMJudge):
     def read(self, texts: Sequence[str]) -> list[Reading]:
         ids = [prompt_ids(self.lm, t) for t in texts]
         out: list[Reading | None] = [None] * len(ids)
-        lengths = [len(i) for i in ids]  # length-sorted batches: less padding
-        for chunk in length_batches(lengths, self.batch_size, self.batch_tokens):
-            for i, r in zip(chunk, self._read_batch([ids[i] for i in chunk]), strict=True):
-                out[i] = r
+        for group in prefix_groups(ids) if self.share_prefix else [list(range(len(ids)))]:
+            shared = common_prefix([ids[i] for i in group]) if self.share_prefix else 0
+            lengths = [len(ids[i]) - shared for i in group]  # the rows' own tokens: the budget
+            for chunk in length_batches(lengths, self.batch_size, self.batch_tokens):
+                rows = [group[c] for c in chunk]  # length-sorted batches: less padding
+                for i, r in zip(rows, self._read_batch([ids[i] for i in rows]), strict=True):
+                    out[i] = r
         return [r for r in out if r is not None]
 
     def _read_batch(self, seqs: Sequence[Sequence[int]]) -> list[Reading]:
         import torch
 
-        tok = self.lm.tokenizer
-        ids, mask = left_pad(seqs, tok.pad_token_id)
-        dev = self.lm.device
+        shared = common_prefix(seqs) if self.share_prefix else 0
         with torch.inference_mode():
-            gen = self.lm.model.generate(
-                input_ids=torch.tensor(ids, device=dev),
-                attention_mask=torch.tensor(mask, device=dev),
-                max_new_tokens=self.max_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tok.pad_token_id,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
-            logits = torch.stack(gen.logits, dim=1).float()  # [B, steps, vocab]
-            top = torch.log_softmax(logits, dim=-1).topk(self.top_logprobs, dim=-1)
+            logits, chosen = self._decode(seqs, shared if shared >= MIN_SHARED else 0)
+            top = torch.log_softmax(logits.float(), dim=-1).topk(self.top_logprobs, dim=-1)
             indices, values = top.indices.tolist(), top.values.tolist()
-            chosen = gen.sequences[:, len(ids[0]) :].tolist()
+        return self._readings(indices, values, chosen.tolist())
+
+    def _decode(
+        self, seqs: Sequence[Sequence[int]], shared: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`max_tokens` greedy steps (argmax of the raw logits, as an API's top logprobs at
+        temperature 0): logits [B, steps, vocab] and the chosen tokens [B, steps]. The rows'
+        common first `shared` tokens run once: that prefix's KV cache is repeated for every
+        row, and the rows' own tokens follow it left-padded (a masked gap, positions continuing
+        the prefix's)."""
+        import torch
+
+        model, dev, n = self.lm.model, self.lm.device, len(seqs)
+        cache = None
+        if shared:
+            prefix = torch.tensor([list(seqs[0][:shared])], device=dev)
+            cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+            cache.batch_repeat_interleave(n)
+        ids, mask = left_pad([s[shared:] for s in seqs], self.lm.tokenizer.pad_token_id)
+        own = torch.tensor(mask, device=dev)
+        attn = torch.cat([torch.ones(n, shared, dtype=own.dtype, device=dev), own], dim=1)
+        pos = shared + (own.cumsum(-1) - 1).clamp(min=0)
+        step_ids = torch.tensor(ids, device=dev)
+        logits, chosen = [], []
+        for _ in range(self.max_tokens):
+            out = model(
+                input_ids=step_ids,
+                attention_mask=attn,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = out.past_key_values
+            logits.append(out.logits[:, -1])
+            step_ids = logits[-1].argmax(-1, keepdim=True)
+            chosen.append(step_ids)
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            pos = pos[:, -1:] + 1
+        return torch.stack(logits, dim=1), torch.cat(chosen, dim=1)
+
+    def _readings(
+        self, indices: list[list[list[int]]], values: list[list[list[float]]], chosen: list
+    ) -> list[Reading]:
         readings = []
         for row_ids, row_vals, row_chosen in zip(indices, values, chosen, strict=True):
             positions = [
@@ -102,6 +143,28 @@ class HFJudge(LLMJudge):
             score, mass = expected_score(positions, self.min_mass, picked)
             readings.append(Reading(score, mass, "" if score is not None else low_mass_note(mass)))
         return readings
+
+
+MIN_SHARED = 16  # a batch shares at least this many first tokens, or runs whole
+GROUP_KEY = 32  # prompts whose first tokens agree this far are batched together
+
+
+def prefix_groups(ids: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Indices of prompts grouped by their first `GROUP_KEY` tokens (one group per template),
+    in order of first appearance."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(ids):
+        groups.setdefault(tuple(s[:GROUP_KEY]), []).append(i)
+    return list(groups.values())
+
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the rows' common first tokens, leaving every row at least one of its own."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        n = next((k for k in range(n) if s[k] != first[k]), n)
+    return max(n, 0)
 
 
 def _fingerprint(lm: LoadedModel) -> str:
