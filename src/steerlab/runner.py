@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from steerlab import timing, tracking
 from steerlab.cache import digest
 from steerlab.checks import check, random_refs
-from steerlab.config import SteeringConfig, cache_of, plain, position_of, root_of
+from steerlab.config import SteeringConfig, cache_of, position_of, root_of
 from steerlab.errors import ConfigError
 from steerlab.positions import parse_position
 from steerlab.records import objective
@@ -306,14 +307,17 @@ def record(
     number: int | None = None,
     parent_run_id: str | None = None,
     span: tuple[float, float] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], str | None]:
     """Write a trial's folder (config, answers, metrics) and its MLflow run; its metrics, and
     why it could not be logged to MLflow (None when it was). `span`: when its batch started and
-    ended (seconds since the epoch), the run's start and end times."""
+    ended (seconds since the epoch), the run's start and end times. `params`: the study's
+    `tracking.run_params(cfg)`, computed once by a caller that records many trials."""
     metrics = metrics_of(result, setup)
-    trial_cfg = OmegaConf.merge(plain(cfg), {"steering": OmegaConf.structured(steer)})
+    params = dict(params or tracking.run_params(cfg), steering=asdict(steer))
     job_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(trial_cfg, job_dir / "config.yaml")
+    config = {k: v for k, v in params.items() if k != "resolved"}  # the trial's whole config
+    (job_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (job_dir / "responses.jsonl").write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows)
     )
@@ -322,7 +326,9 @@ def record(
         return metrics, None
     try:
         with timing.stage("mlflow"):
-            _log_trial(cfg, setup, trial_cfg, result, metrics, job_dir, number, parent_run_id, span)
+            _log_trial(
+                cfg, setup, steer, params, result, metrics, job_dir, number, parent_run_id, span
+            )
     except Exception as e:  # noqa: BLE001 - the trial stands (files, study); say so
         log.warning("trial %s was not logged to MLflow (%s); its files: %s", number, e, job_dir)
         return metrics, f"{type(e).__name__}: {e}"[:500]
@@ -332,7 +338,8 @@ def record(
 def _log_trial(
     cfg: DictConfig,
     setup: Setup,
-    trial_cfg: DictConfig,
+    steer: SteeringConfig,
+    params: dict[str, Any],
     result: Result,
     metrics: dict[str, float],
     job_dir: Path,
@@ -343,20 +350,25 @@ def _log_trial(
     """The trial's MLflow run: a child of the sweep's parent run, timed by its batch (the K
     trials of a batch share one generate, so each took the batch's time), metrics rounded, with
     `objective` (`records.objective`: sorted by it, the best valid trial comes first)."""
-    steer = OmegaConf.to_object(trial_cfg.steering)
-    name = f"trial-{number}" if number is not None else where(steer)  # type: ignore[arg-type]
+    name = f"trial-{number}" if number is not None else where(steer)
     tags = {"steerlab.kind": "trial", "steerlab.vector": str(setup.vector_path)}
     if number is not None:
         tags["steerlab.trial"] = str(number)
-    params = tracking.run_params(trial_cfg)
-    store, exp = tracking.store_of(cfg), tracking.experiment_name(cfg)
     rank = objective(metrics["trait"], metrics["coherence"], setup.coherence_min)
-    with tracking.run(store, exp, name, params, parent_run_id, tags, span=span) as mlflow:
-        mlflow.log_metrics(tracking.rounded({**metrics, "objective": rank}))
-        cols = ("question", "answer", "trait", "coherence", "note")
-        mlflow.log_table({k: [r[k] for r in result.rows] for k in cols}, "responses.json")
-        mlflow.log_dict(setup.vector_meta(), "vector.json")
-        mlflow.log_artifacts(str(job_dir), "job")
+    cols = ("question", "answer", "trait", "coherence", "note")
+    tracking.log_child(
+        tracking.store_of(cfg),
+        tracking.experiment_name(cfg),
+        name,
+        parent_run_id,
+        tags,
+        params,
+        tracking.rounded({**metrics, "objective": rank}),
+        tables={"responses.json": {k: [r[k] for r in result.rows] for k in cols}},
+        dicts={"vector.json": setup.vector_meta()},
+        folder=(job_dir, "job"),
+        span=span,
+    )
 
 
 def where(s: SteeringConfig) -> str:

@@ -89,6 +89,7 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
         with timing.stage("mlflow"):
             _log_setup(cfg, parent, setup)
     base = steering_of(cfg)
+    params = tracking.run_params(cfg)  # every trial's, with its own steering
     total = _total(cfg, strategy)
     not_logged: list[int] = []
     progress = Progress(total, int(search.batch_size), len(setup.questions))
@@ -124,7 +125,7 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                     job = sweep_dir / str(t.number)
                     with timing.stage("record"):
                         scores, error = rn.record(
-                            cfg, setup, steer, outcome, job, t.number, parent, span
+                            cfg, setup, steer, outcome, job, t.number, parent, span, params
                         )
                         if error:
                             t.set_user_attr("tracking_error", error)
