@@ -56,21 +56,18 @@ SMALL_BUCKET = 64  # rows of the smaller of the two buckets a compiled GPU engin
 
 
 def persistent_compile_cache() -> Path:
-    """Keep inductor's compiled kernels and graphs (and Triton's, inside it) in
-    `~/.cache/steerlab/compile` unless `TORCHINDUCTOR_CACHE_DIR` says otherwise, with its FX graph
-    and AOTAutograd caches on: the next process on this machine (a resumed study, a second
-    worker, the next study of an experiment) loads what this one compiled instead of compiling
-    again; only dynamo's tracing is repeated."""
+    """Inductor's compiled graphs and kernels (Triton's inside) kept in ~/.cache/steerlab/compile
+    unless `TORCHINDUCTOR_CACHE_DIR` says otherwise, FX-graph and AOTAutograd caches on: the next
+    process on this machine (a resumed study, a second worker, the next study of an experiment)
+    loads them instead of compiling again; only dynamo's tracing is repeated."""
     import torch._functorch.config as aot
     import torch._inductor.config as inductor
 
     from steerlab.models import CACHE_HOME
 
-    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_HOME / "compile")))
     inductor.fx_graph_cache = True
-    if hasattr(aot, "enable_autograd_cache"):
-        aot.enable_autograd_cache = True
-    return path
+    aot.enable_autograd_cache = True
+    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_HOME / "compile")))
 
 
 class EngineError(RuntimeError):
@@ -432,14 +429,11 @@ class Engine:
         # a bucket's first call compiles and its last uncaptured one captures the graph
         first = done == 0 or (self.use_graphs and not key[0] and done >= WARMUPS)
         t0 = time.perf_counter()
-        try:
-            self._build_step(s, key, done)
-        finally:
-            if first:
-                dt = time.perf_counter() - t0
-                self.compile_s += dt
-                timing.count("compile_s", dt)
-                timing.count("compiles", done == 0)
+        self._build_step(s, key, done)
+        if first:
+            self.compile_s += (dt := time.perf_counter() - t0)
+            timing.count("compile_s", dt)
+            timing.count("compiles", done == 0)
 
     def _build_step(self, s: _Slot, key: tuple[bool, bool], done: int) -> None:
         """A step of a bucket that has no graph yet: compiled call, or its graph's capture."""

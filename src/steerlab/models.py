@@ -204,7 +204,7 @@ def parse_random(ref: str) -> tuple[str, int]:
     shape, _, seed = ref[len(RANDOM) :].partition("@")
     if shape not in SHAPES:
         raise ModelError(
-            f"unknown random model shape {shape!r} in {ref!r}; valid: "
+            f"unknown random model shape {shape!r}; valid: "
             + ", ".join(f"random:{s}" for s in SHAPES)
             + " (optionally @<seed>, e.g. random:llama-3.1-8b@1)"
         )

@@ -54,7 +54,7 @@ class OpenAIJudgeConfig:
 class HFJudgeConfig:
     """A local transformers chat model, the same prompts and logprob method."""
 
-    OPTIONS: ClassVar[tuple[str, ...]] = ("dtype", "device", "top_logprobs")
+    OPTIONS: ClassVar[tuple[str, ...]] = ("dtype", "device", "top_logprobs", "share_prefix")
 
     backend: str = "hf"
     model: str = ""  # empty: the judge's default model

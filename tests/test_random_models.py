@@ -1,0 +1,139 @@
+"""Random weights of a real shape as a model reference (`random:<shape>[@seed]`): the whole
+pipeline on a machine with no weights (a GPU box), with the refusals that keep it honest."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, run_steerlab
+from steerlab.models import SHAPES, ModelError, byte_tokenizer, load_model, shape_of
+
+STUDY = [
+    "-m",
+    "trait=evil",
+    "position=10",
+    "model=random_tiny",
+    "judge=hf",
+    "judge.model=random:tiny-qwen2",
+    "extraction.vet.enabled=false",
+    "extraction.max_pairs=8",
+    "extraction.max_new_tokens=8",
+    "steering.n_questions=2",
+    "steering.max_new_tokens=8",
+    "steering.layer=1",
+    "search.n_trials=4",
+    "search.batch_size=4",
+]
+
+
+def test_a_random_reference_loads_with_its_shape_and_seed():
+    a = load_model("random:tiny-llama@3")
+    assert (
+        a.ref == "random:tiny-llama@3" and a.n_layers == SHAPES["tiny-llama"]["num_hidden_layers"]
+    )
+    assert shape_of("random:tiny-llama@3") == (a.n_layers, a.hidden_size)
+    same, other = load_model("random:tiny-llama@3"), load_model("random:tiny-llama@4")
+    w = [m.model.get_output_embeddings().weight for m in (a, same, other)]
+    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+    with pytest.raises(ModelError, match=r"unknown random model shape 'nope'; valid: random:"):
+        load_model("random:nope")
+    with pytest.raises(ModelError, match="whole number"):
+        load_model("random:tiny-llama@x")
+
+
+def test_the_byte_tokenizer_grows_to_the_shape_and_every_id_decodes():
+    tok = byte_tokenizer(2000)
+    assert len(tok) == 2000
+    assert all(tok.decode([i]) for i in range(3, 2000))  # specials aside, every id is text
+    words = tok.tokenize("the answer is here")
+    assert len(words) < len("the answer is here")  # merges: fewer tokens than bytes
+    assert tok.decode(tok("the answer is here")["input_ids"]) == "the answer is here"
+
+
+def test_a_random_judge_answers_in_numbers():
+    from conftest import bare_trait
+    from steerlab.judges.hf import HFJudge
+    from steerlab.judges.llm import Prompts
+
+    prompts = Prompts(
+        trait="Rate {answer} 0-100:", coherence="Coherence of {answer}:", relevance="{answer}?"
+    )
+    pairs = [("Q?", "An answer."), ("Why?", "Because it is so."), ("Hi", "Hello there.")]
+    scores = HFJudge(prompts, "random:tiny-qwen2").score(bare_trait(), pairs)
+    assert all(s.trait is not None and 0 <= s.trait <= 100 for s in scores)
+    assert all(s.coherence is not None and 0 <= s.coherence <= 100 for s in scores)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.steering=random:nope", r"model.steering=random:nope: unknown random model shape"),
+        ("judge.model=random:nope", r"judge.model=random:nope: unknown random model shape"),
+        ("extraction.vet.enabled=true", r"judge.model=random:tiny-qwen2 has random weights.*"
+         r"set extraction.vet.enabled=false"),
+    ],
+)  # fmt: skip
+def test_refusals_are_one_line_before_any_work(tmp_path, override, message):
+    r = run_steerlab(*STUDY[1:], override, f"paths.root={tmp_path}", timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("steerlab: error:")]
+    assert re.search(message, line), line
+    assert not (tmp_path / "cache").exists()  # refused before any model loaded
+
+
+@pytest.mark.slow
+def test_a_whole_study_runs_on_random_models_with_a_random_hf_judge(tmp_path):
+    r = run_steerlab(*STUDY, f"paths.root={tmp_path}", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    notes = [x for x in (r.stdout + r.stderr).splitlines() if "random weights (" in x]
+    assert len(notes) == 1 and "scores are noise" in notes[0]
+    [trials] = list((tmp_path / "multirun").rglob("trials.json"))
+    rows = json.loads(trials.read_text())
+    assert len(rows) == 4 and all(0 <= t["coherence"] <= 100 for t in rows)
+    with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as db:
+        [(kids,)] = db.execute(
+            "select count(*) from tags where key = 'steerlab.kind' and value = 'trial'"
+        ).fetchall()
+    assert kids == 4
+    report = subprocess.run(
+        [sys.executable, "-m", "steerlab.report", "--root", str(tmp_path), "--experiment",
+         "random-tiny/evil", "--out", str(tmp_path / "report"), "--no-log"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "random-tiny/evil" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_sweep_bench_runs_its_studies_and_prints_its_line(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "bench/sweep_bench.py", "--tiny", "--studies", "natural",
+         "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    last = r.stdout.strip().splitlines()[-1]
+    got = dict(kv.split("=") for kv in last.split())
+    for key in (
+        "trials_per_hour",
+        "first_trial_s",
+        "gen_frac",
+        "judge_frac",
+        "other_frac",
+        "peak_gib",
+        "compiles",
+        "first_trial_warm_s",
+        "model_diff_projected_h",
+    ):
+        assert key in got, last
+    fracs = [float(got[k]) for k in ("gen_frac", "judge_frac", "other_frac")]
+    assert all(0 <= f <= 1 for f in fracs) and abs(sum(fracs) - 1) < 0.01
+    assert float(got["trials_per_hour"]) > 0 and float(got["first_trial_s"]) > 0
+    assert "| search/generate |" in r.stdout and "| search/judge |" in r.stdout
