@@ -207,3 +207,17 @@ def test_an_imported_vector_steers_a_run_in_absolute_units_only(tmp_path, tiny_d
 
 def test_tiny_model_fixture_sizes_match():  # guards the helpers above against conftest drift
     assert tiny_model("llama").hidden_size == 64
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--coef", "nan"], ["--coef", "inf", "--format", "gguf"], ["--coef", "0.3", "--scale", "nan"]],
+)
+def test_non_finite_coefficients_are_refused_and_nothing_is_written(tmp_path, vfile, args, capsys):
+    from steerlab.export import main
+
+    out = tmp_path / "out" / "x.gguf"
+    assert main([str(vfile), "--layer", "1", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a finite number" in err[0], err
+    assert not out.parent.exists() or not any(out.parent.iterdir())

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from conftest import run_steerlab, tiny_args
+from conftest import REPO, run_steerlab, tiny_args
 
 
 def completion(score: str) -> bytes:
@@ -136,3 +136,149 @@ def test_a_full_disk_stops_a_sweep_in_one_line_and_the_study_resumes(tmp_path, t
     again = run_steerlab(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "40 trials done, 0 failed" in again.stdout
+
+
+def test_a_judge_dead_during_setup_stops_in_one_line(tmp_path, tiny_dir):
+    """A fresh root whose judge never answers: the failure comes during vetting, before any
+    trial, and is still one line naming the URL, exit 2 (not a traceback)."""
+    judge = Judge()
+    judge.hang.set()
+    try:
+        dead = sweep(tmp_path, tiny_dir, judge, "search.n_trials=2")
+        errors = [line for line in dead.stderr.splitlines() if line.startswith("steerlab: error:")]
+        assert dead.returncode == 2 and len(errors) == 1, dead.stderr[-3000:]
+        assert judge.url in errors[0] and "Traceback" not in dead.stderr
+    finally:
+        judge.release.set()
+        judge.shutdown()
+
+
+def _child_runs(uri: str) -> list:
+    import mlflow
+
+    c = mlflow.MlflowClient(uri)
+    exps = [e.experiment_id for e in c.search_experiments()]
+    return [
+        r
+        for r in c.search_runs(exps, max_results=1000)
+        if r.data.tags.get("steerlab.kind") == "trial"
+    ]
+
+
+def _study(root: Path) -> optuna.Study:
+    [db] = root.glob("multirun/**/optuna.db")
+    storage = f"sqlite:///{db}"
+    [name] = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _mirrors(study: optuna.Study, uri: str) -> None:
+    """One FINISHED child run per COMPLETE trial, with that trial's parameters."""
+    done = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    kids = [r for r in _child_runs(uri) if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.tags["steerlab.trial"]) for r in kids) == sorted(done)
+    for r in kids:
+        t = done[int(r.data.tags["steerlab.trial"])]
+        assert int(r.data.params["steering.layer"]) == t.params["layer"]
+        assert float(r.data.params["steering.coef"]) == t.params["coef"]
+
+
+def test_a_tracking_server_killed_mid_study_loses_no_trial(tmp_path, tiny_dir):
+    """`mlflow server` killed -9 while a study runs: the run ends in one line listing what is
+    not in MLflow yet; with the server back, the same command logs those trials from their
+    folders, and MLflow has exactly one run per trial."""
+    import os
+    import signal
+    import socket
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tmp_path / "server"
+    store.mkdir()
+
+    def serve() -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+             str(port), "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+             "--artifacts-destination", str(store / "artifacts"), "--serve-artifacts",
+             "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )  # fmt: skip
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    return proc
+            except OSError:
+                time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("mlflow server did not start")
+
+    uri = f"http://127.0.0.1:{port}"
+    env = os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    args = [*tiny_args(tmp_path, tiny_dir), f"tracking.uri={uri}", "search.n_trials=6"]
+    server = serve()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "steerlab", *args], cwd=REPO, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        sweep_dir = None
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:  # the first batch is recorded
+            found = list(tmp_path.glob("multirun/**/1/metrics.json"))
+            if found:
+                sweep_dir = found[0].parents[1]
+                break
+            time.sleep(0.02)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        out, err = proc.communicate(timeout=600)
+        errors = [line for line in err.splitlines() if line.startswith("steerlab: error:")]
+        assert proc.returncode == 2 and len(errors) == 1, (out + err)[-3000:]
+        assert "Traceback" not in err and "not in MLflow yet" in errors[0], errors[0]
+        assert sweep_dir is not None
+        server = serve()
+        again = run_steerlab(*args, env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        study = _study(tmp_path)
+        assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 6
+        _mirrors(study, uri)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_a_trial_recorded_by_a_worker_that_died_is_completed_not_repeated(tmp_path, tiny_dir):
+    """A worker killed after writing a trial's folder but before telling the study: the next
+    run completes that trial from its folder (no retry, no second evaluation) and logs its one
+    MLflow run."""
+    import shutil
+
+    import yaml
+
+    args = [*tiny_args(tmp_path, tiny_dir), "search.n_trials=2"]
+    first = run_steerlab(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    study = _study(tmp_path)
+    [sweep_dir] = {p.parent.parent for p in tmp_path.glob("multirun/**/0/metrics.json")}
+    t = study.ask(study.trials[0].distributions)  # what the dead worker was evaluating
+    number = t.number
+    job = sweep_dir / str(number)
+    shutil.copytree(sweep_dir / "0", job)  # its folder, written before it died
+    config = yaml.safe_load((job / "config.yaml").read_text())
+    config["steering"] |= {"layer": t.params["layer"], "coef": t.params["coef"]}
+    (job / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    import socket
+
+    t.set_user_attr("worker", f"{socket.gethostname()}:999999")  # this host, a dead pid
+    again = run_steerlab(*tiny_args(tmp_path, tiny_dir), "search.n_trials=3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = _study(tmp_path)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert sorted(x.number for x in done) == [0, 1, number]  # completed, nothing re-asked
+    assert not study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    _mirrors(study, f"sqlite:///{tmp_path}/mlruns/mlflow.db")

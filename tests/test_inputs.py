@@ -61,6 +61,8 @@ def no_trials(root: Path) -> bool:
         (["steering.n_questions=15"], True, ["steering.n_questions=15", "1 to 14"]),
         (["confirm.rollouts=2"], True, ["confirm.rollouts=2", "confirm.temperature > 0"]),
         (["confirm.temperature=-1"], True, ["confirm.temperature=-1.0", ">= 0"]),
+        (["trait=nosuchtrait"], True, ["trait=nosuchtrait", "evil, hallucination, sycophancy"]),
+        (["model=nope"], False, ["model=nope", "smollm2"]),
     ],
 )
 def test_bad_values_fail_in_one_line_before_any_model_loads(

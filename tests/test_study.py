@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from steerlab.config import register, steering_of
 from steerlab.search import study as st
+from steerlab.search.points import sampler_seed
 from steerlab.search.strategies import Strategy, make_sampler
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -25,7 +26,7 @@ def _cfg(*overrides: str):
 
 def _open(cfg, sweep_dir):
     handle = st.open_study(cfg, sweep_dir, ["maximize"])
-    handle.study.sampler = make_sampler("tpe", st.sampler_seed(0, handle.study), {})
+    handle.study.sampler = make_sampler("tpe", sampler_seed(0, handle.study, handle.created), {})
     return handle.study
 
 

@@ -297,3 +297,27 @@ def test_heartbeats_keep_a_remote_workers_trials_and_expire_a_dead_ones(tmp_path
     assert states[dead.number] == TrialState.FAIL and states[live.number] == TrialState.RUNNING
     waiting = handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     assert [t.params for t in waiting] == [dead.params]  # re-tried
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_copies_started_at_the_same_moment_never_ask_a_point_twice(
+    tmp_path, tiny_dir, cache, storage
+):
+    """Two terminals running the same command (no STEERLAB_WORKER): one creates the study and
+    keeps `search.seed`, the other joins with a seed of its own, and no point is asked twice."""
+    extra = ("search.n_trials=8", f"search.storage={storage}")
+    finish(*(start(tmp_path, tiny_dir, cache, *extra) for _ in range(2)))
+    sweep = tmp_path / "multirun/tiny/evil/natural-mean_diff-5/residual-tpe"
+    url = (
+        f"sqlite:///{sweep}/optuna.db"
+        if storage == "sqlite"
+        else optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "multirun/optuna.journal"))
+        )
+    )
+    study = the_study(url)
+    done = complete(study)
+    assert len(done) == 8 and len(set(params_of(done))) == 8, params_of(done)
+    asked = [t for t in study.get_trials(deepcopy=False) if t.params]
+    repeats = [t for t in asked if t.user_attrs.get("repeat")]
+    assert len(set(params_of([t for t in asked if t not in repeats]))) == len(asked) - len(repeats)

@@ -16,6 +16,7 @@ and always removes them.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,6 +77,9 @@ class Steering:
     def __post_init__(self) -> None:
         if self.units not in UNITS:
             raise LoadError(f"unknown coef units {self.units!r}; valid: {', '.join(UNITS)}")
+        for t in self.terms:  # a NaN or infinite coefficient would write NaN activations
+            if not math.isfinite(t.coef):
+                raise LoadError(f"coefficient {t.coef} at layer {t.layer} is not a finite number")
 
     @property
     def component(self) -> str:
@@ -118,6 +122,8 @@ class Steering:
 
     def scaled(self, factor: float) -> Steering:
         """Every coefficient times `factor` (-1 flips the direction)."""
+        if not math.isfinite(factor):
+            raise LoadError(f"scale {factor} is not a finite number")
         return replace(
             self, terms=tuple(Term(t.vectors, t.layer, t.coef * factor) for t in self.terms)
         )

@@ -180,6 +180,8 @@ def unknown_key(overrides: list[str]) -> str | None:
     judge = next((str(o.value()) for o in parsed if o.key_or_group == "judge"), "offline")
     for o in parsed:
         key = o.key_or_group
+        if "." not in key and (why := unknown_option(o)):
+            return why
         if o.is_delete() or key.startswith("hydra") or (key in GROUPS and "." not in key):
             continue
         node: Any = SteerlabConfig
@@ -196,6 +198,31 @@ def unknown_key(overrides: list[str]) -> str | None:
                 return f"unknown key {key!r}: {where} has {valid}"
             node, path = hints[part], [*path, part]
     return None
+
+
+def unknown_option(override: Any) -> str | None:
+    """Why `group=name` names no config of that group (`trait=nosuchtrait`), with the valid
+    names; None if it does, or the key is no config group."""
+    from steerlab.data import CONF_DIR
+
+    group = CONF_DIR / override.key_or_group
+    if override.is_delete() or not group.is_dir() or override.value() is None:
+        return None
+    valid = sorted(p.stem for p in group.glob("*.yaml"))
+    values = (
+        list(override.sweep_string_iterator())
+        if override.is_sweep_override()
+        else [str(override.value())]
+    )
+    bad = [v for v in values if v not in valid]
+    if not bad:
+        return None
+    hint = " (a new trait: a folder as in traits/FORMAT.md and conf/trait/<name>.yaml)"
+    return (
+        f"{override.key_or_group}={bad[0]}: no such {override.key_or_group}; valid: "
+        + ", ".join(valid)
+        + (hint if override.key_or_group == "trait" else "")
+    )
 
 
 def effective_position(position: Any, default: str) -> str:

@@ -308,11 +308,13 @@ def record(
     parent_run_id: str | None = None,
     span: tuple[float, float] | None = None,
     params: dict[str, Any] | None = None,
+    skip_log: str | None = None,
 ) -> tuple[dict[str, float], str | None]:
     """Write a trial's folder (config, answers, metrics) and its MLflow run; its metrics, and
     why it could not be logged to MLflow (None when it was). `span`: when its batch started and
     ended (seconds since the epoch), the run's start and end times. `params`: the study's
-    `tracking.run_params(cfg)`, computed once by a caller that records many trials."""
+    `tracking.run_params(cfg)`, computed once by a caller that records many trials.
+    `skip_log`: why not to try MLflow now (it just failed; the next run logs the folder)."""
     metrics = metrics_of(result, setup)
     params = dict(params or tracking.run_params(cfg), steering=asdict(steer))
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -324,36 +326,54 @@ def record(
     (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if not cfg.tracking.enabled:
         return metrics, None
+    if skip_log:
+        return metrics, skip_log
+    name = f"trial-{number}" if number is not None else where(steer)
     try:
         with timing.stage("mlflow"):
-            _log_trial(
-                cfg, setup, steer, params, result, metrics, job_dir, number, parent_run_id, span
-            )
+            _log_trial(cfg, setup, params, result.rows, metrics, job_dir, name, parent_run_id, span)
     except Exception as e:  # noqa: BLE001 - the trial stands (files, study); say so
         log.warning("trial %s was not logged to MLflow (%s); its files: %s", number, e, job_dir)
         return metrics, f"{type(e).__name__}: {e}"[:500]
     return metrics, None
 
 
+def relog(
+    cfg: DictConfig,
+    setup: Setup,
+    job_dir: Path,
+    number: int,
+    parent_run_id: str,
+    span: tuple[float, float] | None,
+    params: dict[str, Any],
+) -> None:
+    """A recorded trial's MLflow run made from its folder (its logging failed, or its process
+    died between the folder and the run): what `record` would have logged."""
+    config = yaml.safe_load((job_dir / "config.yaml").read_text())
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    text = (job_dir / "responses.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    params = dict(params, steering=config["steering"])
+    _log_trial(cfg, setup, params, rows, metrics, job_dir, f"trial-{number}", parent_run_id, span)
+
+
 def _log_trial(
     cfg: DictConfig,
     setup: Setup,
-    steer: SteeringConfig,
     params: dict[str, Any],
-    result: Result,
+    rows: list[dict[str, Any]],
     metrics: dict[str, float],
     job_dir: Path,
-    number: int | None,
+    name: str,
     parent_run_id: str | None,
     span: tuple[float, float] | None = None,
 ) -> None:
     """The trial's MLflow run: a child of the sweep's parent run, timed by its batch (the K
     trials of a batch share one generate, so each took the batch's time), metrics rounded, with
     `objective` (`records.objective`: sorted by it, the best valid trial comes first)."""
-    name = f"trial-{number}" if number is not None else where(steer)
     tags = {"steerlab.kind": "trial", "steerlab.vector": str(setup.vector_path)}
-    if number is not None:
-        tags["steerlab.trial"] = str(number)
+    if name.startswith("trial-"):
+        tags["steerlab.trial"] = name.removeprefix("trial-")
     rank = objective(metrics["trait"], metrics["coherence"], setup.coherence_min)
     cols = ("question", "answer", "trait", "coherence", "note")
     tracking.log_child(
@@ -364,7 +384,7 @@ def _log_trial(
         tags,
         params,
         tracking.rounded({**metrics, "objective": rank}),
-        tables={"responses.json": {k: [r[k] for r in result.rows] for k in cols}},
+        tables={"responses.json": {k: [r[k] for r in rows] for k in cols}},
         dicts={"vector.json": setup.vector_meta()},
         folder=(job_dir, "job"),
         span=span,

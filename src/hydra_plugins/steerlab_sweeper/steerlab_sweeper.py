@@ -68,12 +68,13 @@ class SteerlabSweeper(Sweeper):
         for combo in combos(arguments, self.params, self.arms):
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, combo)
             summaries.append(run_study(self.runner, cfg, " ".join(combo)))
-        for s in summaries:
-            print(s.text)
         from steerlab.errors import InfraError
 
         errors = [s.error for s in summaries if s.error]
         infra = [e for e in errors if isinstance(e, InfraError)]
+        refused = not infra and errors and len(errors) == len(summaries)
+        for s in summaries if not refused else []:  # all refused: the one line below says it
+            print(s.text)
         if infra or (errors and len(errors) == len(summaries)):  # one line, exit 2
             print(f"steerlab: error: {(infra or errors)[0]}", file=sys.stderr)
             sys.exit(2)

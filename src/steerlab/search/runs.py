@@ -96,6 +96,17 @@ def run_exists(store: Store, run_id: str) -> bool:
     return True
 
 
+def logged_trials(store: Store, parent_run_id: str) -> set[int]:
+    """Trial numbers with a FINISHED child run under the sweep's parent run."""
+    c = client(store)
+    exp = c.get_run(parent_run_id).info.experiment_id
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'"
+    found = c.search_runs([exp], query, max_results=50000)
+    return {
+        n for r in found if (n := records.as_int(r.data.tags.get(records.TRIAL_TAG))) is not None
+    }
+
+
 def close_orphans(store: Store, parent_run_id: str, running: set[int]) -> int:
     """Close the child runs a killed worker left RUNNING (their trial is no longer in flight)
     as KILLED; returns how many."""

@@ -302,15 +302,6 @@ def wait_for(study: optuna.Study, attr: str, timeout: float) -> Any:
     return value
 
 
-def sampler_seed(seed: int, study: optuna.Study) -> int:
-    """A seed that continues where the study is: `seed` for a new study in one process, else
-    mixed with the trial count and this worker, so a resumed or second worker never replays."""
-    n = len(study.get_trials(deepcopy=False))
-    if n == 0 and os.environ.get("STEERLAB_WORKER", "0") == "0":
-        return int(seed)
-    return (int(seed) * 1_000_003 + n * 7919 + os.getpid()) % (2**31 - 1)
-
-
 # ---------------------------------------------------------------------------------------------
 # trials in flight
 
@@ -325,8 +316,36 @@ def close_dead(study: optuna.Study) -> list[int]:
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RDB heartbeats; retries enqueued by Optuna
     retry = _Retry()
-    host = socket.gethostname()
     closed = []
+    for t in dead(study):
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError):  # another worker closed it first
+            continue
+        retry(study, t)
+        closed.append(t.number)
+    for t in lost(study):  # closed, but its retry was never queued (e.g. the disk was full)
+        retry(study, t)
+    return closed
+
+
+def lost(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials closed by the world around them (not by their own error) that no retry covers:
+    every such point is evaluated again, however its run ended."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL and ERROR not in t.user_attrs and t.params
+        and t.number not in retried
+    ]  # fmt: skip
+
+
+def dead(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials of a worker on this host that is gone (or that no worker tagged within
+    a minute of asking)."""
+    host, out = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = str(t.user_attrs.get(WORKER, ""))
         h, _, pid = who.rpartition(":")
@@ -334,13 +353,8 @@ def close_dead(study: optuna.Study) -> list[int]:
             continue
         if not who and t.datetime_start and time.time() - t.datetime_start.timestamp() < 60:
             continue  # just asked by a worker that has not tagged it yet
-        try:
-            study.tell(t.number, state=TrialState.FAIL)
-        except (ValueError, RuntimeError):  # another worker closed it first
-            continue
-        retry(study, t)
-        closed.append(t.number)
-    return closed
+        out.append(t)
+    return out
 
 
 def _alive(pid: int) -> bool:

@@ -34,7 +34,7 @@ from steerlab.ensembles import Ensemble, save_ensemble
 from steerlab.errors import ConfigError, InfraError
 from steerlab.models import shape_of
 from steerlab.records import Trial
-from steerlab.search import runs
+from steerlab.search import points, recovery, runs
 from steerlab.search import study as st
 from steerlab.search.pareto import frontier, plot_frontier, plot_layer_coef_map
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
@@ -45,6 +45,7 @@ log = logging.getLogger("steerlab.sweeper")
 INFRA = (InfraError, OSError, optuna.exceptions.StorageInternalError, SQLAlchemyError)
 OWN_STATE = ("adaptive", "cmaes_ensemble")  # samplers that keep their own (single) objective
 POLL = 2.0  # seconds between looks at other workers' trials in flight
+MAX_REPEATS = 20  # asks in a row of only known points before the space counts as exhausted
 
 
 @dataclass
@@ -75,25 +76,31 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
         handle = st.open_study(cfg, sweep_dir, ["maximize"] * (2 if multi else 1))
         study = handle.study
         study.sampler = make_sampler(
-            search.sampler, st.sampler_seed(search.seed, study), strategy.grid_space()
+            search.sampler,
+            points.sampler_seed(search.seed, study, handle.created),
+            strategy.grid_space(),
         )
         searched = strategy.searched()
         with timing.stage("mlflow"):
             parent = _parent_run(cfg, handle, sweep_dir, searched)
         setup = runner.setup(cfg)  # extraction, vetting and baseline once per process
-    except (ValueError, FileNotFoundError) as e:
-        label = redact(label)
-        log.error("study %s skipped: %s", label, e)
-        return Summary(f"\n== skipped ({label}): {e}", error=e)
+    except (ValueError, FileNotFoundError) as e:  # the summary (or, alone, the error) says it
+        return Summary(f"\n== skipped ({redact(label)}): {e}", error=e)
+    except Exception as e:  # judge, disk, database or tracking down while setting up
+        if not _infra(e):
+            raise
+        return _stopped(label, secret_free(e, cfg), 0)
     if handle.created and parent:
         with timing.stage("mlflow"):
             _log_setup(cfg, parent, setup)
     base = steering_of(cfg)
     params = tracking.run_params(cfg)  # every trial's, with its own steering
     total = _total(cfg, strategy)
-    not_logged: list[int] = []
+    repeated = 0  # asks in a row that found only points the study already has
     progress = Progress(total, int(search.batch_size), len(setup.questions))
+    not_logged = recovery.log_missing(cfg, study, parent, sweep_dir, setup, params)  # earlier runs'
     while True:
+        recovery.adopt(study, strategy, base, sweep_dir, float(search.coherence_min), multi)
         st.close_dead(study)
         done, flying = st.counted(study), st.in_flight(study)
         if done >= total:
@@ -103,14 +110,18 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
         trials = strategy.propose(study, min(search.batch_size, left)) if left > 0 else []
         for t in trials:
             t.set_user_attr(st.WORKER, st.worker_id())
-        trials = st.release_surplus(study, trials, total)
+        fresh = points.drop_repeats(study, trials)  # a point another trial has: asked again
+        repeated = repeated + 1 if trials and not fresh else 0
+        trials = st.release_surplus(study, fresh, total)
         if not trials:
+            if 0 < repeated <= MAX_REPEATS:
+                continue
             if st.in_flight(study) == 0 and left > 0:
                 break  # the strategy has nothing left to propose
             time.sleep(POLL)  # other workers' trials in flight: finish them if they die
             continue
         steers = [strategy.steering(t, base) for t in trials]
-        pending = list(trials)
+        pending, down = list(trials), None
         progress.start([t.number for t in trials], done)
         try:
             with st.heartbeats(handle, trials), timing.stage("search", since=t_ask):
@@ -125,8 +136,9 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                     job = sweep_dir / str(t.number)
                     with timing.stage("record"):
                         scores, error = rn.record(
-                            cfg, setup, steer, outcome, job, t.number, parent, span, params
+                            cfg, setup, steer, outcome, job, t.number, parent, span, params, down
                         )
+                        down = down or error  # the store failed: the rest of the batch waits
                         if error:
                             t.set_user_attr("tracking_error", error)
                             not_logged.append(t.number)
@@ -139,27 +151,51 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                 with contextlib.suppress(*INFRA):  # an unwritable store: the next run's
                     st.give_back(study, t, why)  # close_dead re-tries them instead
             log.error("stopped: %s; %d trial(s) given back to the study", why, len(pending))
-            return Summary(
-                f"\n== stopped ({redact(label)}): {why}\n{len(pending)} trial(s) in flight were "
-                "given back to the study (not counted); run the same command again to resume",
-                error=InfraError(f"{why} (the study resumes where it stopped)"),
-            )
+            return _stopped(label, why, len(pending))
         progress.end(study, search.coherence_min)
     trials = st.records(study, strategy, base, search.coherence_min)
     try:
         with timing.stage("confirm"):
             confirmed = _confirm(runner, cfg, study, strategy, trials, setup, sweep_dir)
+        not_logged = recovery.log_missing(cfg, study, parent, sweep_dir, setup, params)
         with timing.stage("finish"):
             summary = _finish(cfg, handle, trials, parent, sweep_dir, setup, searched, confirmed)
-    except INFRA as e:
-        why = secret_free(e, cfg)
-        return Summary(f"\n== {redact(label)}: {why}", error=InfraError(f"{why} (trials kept)"))
+    except Exception as e:  # the tracking store or the disk failed at the end: trials kept
+        if not _infra(e):
+            raise
+        why, missing = secret_free(e, cfg), recovery.unlogged(cfg, study, parent)
+        return Summary(
+            f"\n== {redact(label)}: {why}",
+            error=InfraError(
+                f"{why}; the study's trials are kept"
+                + (f", {len(missing)} not in MLflow yet ({missing})" if missing else "")
+                + "; run the same command again to finish and log them"
+            ),
+        )
     if not_logged:
         summary.text += (
             f"\n{len(not_logged)} trial(s) not logged to MLflow ({not_logged}); their answers "
             f"and metrics are in {sweep_dir}/<trial>/"
         )
     return summary
+
+
+def _infra(e: BaseException) -> bool:
+    """The world around the study failed (INFRA, or the MLflow client: its module is not
+    imported here, it is heavy), never the configuration."""
+    return isinstance(e, INFRA) or type(e).__module__.split(".")[0] == "mlflow"
+
+
+def _stopped(label: str, why: str, given_back: int) -> Summary:
+    back = (
+        f"{given_back} trial(s) in flight were given back to the study (not counted); "
+        if given_back
+        else ""
+    )
+    return Summary(
+        f"\n== stopped ({redact(label)}): {why}\n{back}run the same command again to resume",
+        error=InfraError(f"{why} (the study resumes where it stopped)"),
+    )
 
 
 def _strategy(cfg: DictConfig) -> Strategy:

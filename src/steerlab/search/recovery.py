@@ -1,0 +1,97 @@
+"""What a run finds that earlier runs left undone, and finishes: trials a dead worker had
+recorded (completed from their folders, not evaluated again) and trials MLflow lacks (logged from
+their folders), so the study and its MLflow mirror agree after any fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from steerlab import runner as rn
+from steerlab import tracking
+from steerlab.config import SteeringConfig
+from steerlab.search import runs
+from steerlab.search import study as st
+from steerlab.search.strategies import Strategy
+
+log = logging.getLogger("steerlab.sweeper")
+
+
+def adopt(
+    study: optuna.Study,
+    strategy: Strategy,
+    base: SteeringConfig,
+    sweep_dir: Path,
+    coherence_min: float,
+    multi: bool,
+) -> None:
+    """Trials a dead worker had recorded (its folder has its metrics: the process died between
+    writing them and telling the study) are told COMPLETE from that folder, not evaluated again:
+    its MLflow run, if any, stays its one run."""
+    for t in st.dead(study):
+        job = sweep_dir / str(t.number)
+        try:
+            steered = yaml.safe_load((job / "config.yaml").read_text())["steering"]
+            scores = json.loads((job / "metrics.json").read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not recorded (or half-written): close_dead re-tries it
+        if steered != asdict(strategy.steering(t, base)):
+            continue  # a folder of another study's trial of the same number
+        with contextlib.suppress(ValueError, RuntimeError):  # another worker was first
+            strategy.tell(
+                study, optuna.trial.Trial(study, t._trial_id), scores, coherence_min, multi
+            )
+            log.info("trial %d: recorded by a worker that died, completed from %s", t.number, job)
+
+
+def log_missing(
+    cfg: DictConfig,
+    study: optuna.Study,
+    parent: str | None,
+    sweep_dir: Path,
+    setup: rn.Setup,
+    params: dict[str, Any],
+) -> list[int]:
+    """Log COMPLETE trials that have no FINISHED MLflow run under the study's parent from their
+    folders (their logging failed, or their worker died before it): MLflow mirrors the study,
+    one run per trial. Returns the numbers still unlogged."""
+    if not parent:
+        return []
+    try:
+        have = runs.logged_trials(tracking.store_of(cfg), parent)
+    except Exception as e:  # noqa: BLE001 - the store is down: every trial stays to log
+        log.warning("MLflow store unreachable (%s); trials are logged by the next run", e)
+        return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    left = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number in have:
+            continue
+        span = (t.datetime_start.timestamp(), t.datetime_complete.timestamp())
+        try:
+            rn.relog(cfg, setup, sweep_dir / str(t.number), t.number, parent, span, params)
+        except Exception as e:  # noqa: BLE001 - listed, and tried again by the next run
+            log.warning("trial %d is not in MLflow yet (%s)", t.number, e)
+            left.append(t.number)
+    return left
+
+
+def unlogged(cfg: DictConfig, study: optuna.Study, parent: str | None) -> list[int]:
+    """COMPLETE trials without a FINISHED MLflow run (all of them if the store is down)."""
+    done = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not parent or not cfg.tracking.enabled:
+        return []
+    try:
+        have = runs.logged_trials(tracking.store_of(cfg), parent)
+    except Exception:  # noqa: BLE001 - unreachable: none is known to be logged
+        return done
+    return [n for n in done if n not in have]
