@@ -44,10 +44,7 @@ def run(n: int, trials: int, base: list[str], cache: Path) -> float:
     args = [*base, f"paths.root={root}", f"paths.cache={cache}", f"search.n_trials={trials}"]
     threads = str(max(1, (os.cpu_count() or 1) // n))
     t0 = time.perf_counter()
-    procs = [
-        steerlab(args, os.environ | {"STEERLAB_WORKER": str(i), "OMP_NUM_THREADS": threads})
-        for i in range(n)
-    ]
+    procs = [steerlab(args, os.environ | {"OMP_NUM_THREADS": threads}) for _ in range(n)]
     for p in procs:
         _, err = p.communicate()
         if p.returncode != 0:

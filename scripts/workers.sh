@@ -14,9 +14,9 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null' INT TERM
 for i in $(seq 0 $((n - 1))); do
   if [ "$gpus" -gt 0 ]; then
-    env CUDA_VISIBLE_DEVICES=$((i % gpus)) STEERLAB_WORKER="$i" "$@" >"$logs/worker-$i.log" 2>&1 &
+    env CUDA_VISIBLE_DEVICES=$((i % gpus)) "$@" >"$logs/worker-$i.log" 2>&1 &
   else
-    env OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" STEERLAB_WORKER="$i" \
+    env OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" \
       "$@" >"$logs/worker-$i.log" 2>&1 &
   fi
   pids+=($!)

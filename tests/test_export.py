@@ -221,3 +221,15 @@ def test_non_finite_coefficients_are_refused_and_nothing_is_written(tmp_path, vf
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a finite number" in err[0], err
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_a_persona_file_of_another_depth_names_its_own_layer_count(tmp_path, llama):
+    """The message says what the file has, not a `--n-layers` the user never gave."""
+    from steerlab.imports import import_file
+    from steerlab.vectors import VectorFileError
+
+    pt = tmp_path / "evil.pt"
+    torch.save(torch.randn(7, llama.hidden_size), pt)  # 6 layers; the model has 3
+    with pytest.raises(VectorFileError) as e:
+        import_file(pt, tmp_path / "v.safetensors", model=llama)
+    assert "has 6 layers" in str(e.value) and "--n-layers" not in str(e.value)

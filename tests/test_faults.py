@@ -136,6 +136,12 @@ def test_a_full_disk_stops_a_sweep_in_one_line_and_the_study_resumes(tmp_path, t
     again = run_steerlab(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "40 trials done, 0 failed" in again.stdout
+    study = optuna.load_study(study_name=name, storage=storage)
+    done = {(t.params["layer"], t.params["coef"]) for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE,))}  # fmt: skip
+    lost = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.params]
+    assert {(t.params["layer"], t.params["coef"]) for t in lost} <= done  # every one re-tried
+    _mirrors(study, f"sqlite:///{tmp_path / 'big'}/mlruns/mlflow.db")  # logged from folders
 
 
 def test_a_judge_dead_during_setup_stops_in_one_line(tmp_path, tiny_dir):
@@ -175,7 +181,9 @@ def _study(root: Path) -> optuna.Study:
 def _mirrors(study: optuna.Study, uri: str) -> None:
     """One FINISHED child run per COMPLETE trial, with that trial's parameters."""
     done = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    kids = [r for r in _child_runs(uri) if r.info.status == "FINISHED"]
+    every = [r for r in _child_runs(uri) if int(r.data.tags["steerlab.trial"]) in done]
+    kids = [r for r in every if r.info.status == "FINISHED"]
+    assert len(every) == len(kids), [(r.data.tags["steerlab.trial"], r.info.status) for r in every]
     assert sorted(int(r.data.tags["steerlab.trial"]) for r in kids) == sorted(done)
     for r in kids:
         t = done[int(r.data.tags["steerlab.trial"])]

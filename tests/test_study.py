@@ -125,3 +125,31 @@ def test_held_out_questions_are_a_setting_only_when_the_search_asks_every_questi
     # a fixed question count: the held-out ones (the last) never change which are searched
     fixed = st.study_settings(_cfg("trait=evil", "confirm.n_questions=3"))
     assert fixed == st.study_settings(_cfg("trait=evil", "confirm.n_questions=8"))
+
+
+def test_storage_and_judge_failures_name_the_storage_and_the_real_cause():
+    """A lost PostgreSQL connection or a full disk under the study names the storage (password
+    masked) and a cause that says something, never "(cause: ())"; asyncio's "no running event
+    loop" bookkeeping is never given as the cause."""
+    from steerlab.search.sweep import secret_free
+
+    url = "postgresql+psycopg://steerlab:hunter2@db.example:5433/steerlab"
+    cfg = _cfg("trait=evil", f"search.storage={url}")
+    try:
+        try:
+            raise OSError()  # a cause with no message
+        except OSError as inner:
+            raise optuna.exceptions.StorageInternalError("invalid data in the commit") from inner
+    except optuna.exceptions.StorageInternalError as e:
+        text = secret_free(e, cfg)
+    assert text.startswith("study storage postgresql+psycopg://steerlab:***@db.example:5433")
+    assert "(cause: OSError)" in text and "hunter2" not in text and "()" not in text
+    try:
+        try:
+            raise RuntimeError("no running event loop")
+        except RuntimeError:
+            raise ConnectionError("judge endpoint http://127.0.0.1:9/v1 refused") from None
+    except ConnectionError as e:
+        e.__context__ = RuntimeError("no running event loop")
+        text = secret_free(e, cfg)
+    assert "event loop" not in text and "127.0.0.1:9" in text

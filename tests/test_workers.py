@@ -100,9 +100,9 @@ def cache(tiny_dir, tmp_path_factory):
     return cache
 
 
-def start(root: Path, model: Path, cache: Path, *extra: str, worker: int = 0) -> subprocess.Popen:
+def start(root: Path, model: Path, cache: Path, *extra: str) -> subprocess.Popen:
     args = tiny_args(root, model, f"paths.cache={cache}", *extra)
-    env = os.environ | {"STEERLAB_WORKER": str(worker), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "steerlab", *args], cwd=REPO, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -197,7 +197,7 @@ def test_three_workers_share_a_postgres_study_and_an_mlflow_server(
 ):
     extra = [f"search.storage={pg_url}", f"tracking.uri={mlflow_server}",
              "search.n_trials=9", "tracking.experiment=three-workers"]  # fmt: skip
-    outs = finish(*(start(tmp_path, tiny_dir, cache, *extra, worker=i) for i in range(3)))
+    outs = finish(*(start(tmp_path, tiny_dir, cache, *extra) for _ in range(3)))
     study = the_study(pg_url)
     done = complete(study)
     assert len(done) == 9 and len(set(params_of(done))) == 9
@@ -211,7 +211,7 @@ def test_three_workers_share_a_postgres_study_and_an_mlflow_server(
 def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, tiny_dir, cache, pg_url):
     extra = [f"search.storage={pg_url}", "search.n_trials=9",
              "steering.max_new_tokens=24"]  # fmt: skip
-    procs = [start(tmp_path, tiny_dir, cache, *extra, worker=i) for i in range(3)]
+    procs = [start(tmp_path, tiny_dir, cache, *extra) for _ in range(3)]
     victim = procs[0]
     deadline = time.time() + 300
     study = None
@@ -240,7 +240,7 @@ def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, tiny_dir, cac
 
 def test_two_workers_on_a_journal_file(tmp_path, tiny_dir, cache):
     extra = ["search.storage=journal", "search.n_trials=6"]
-    finish(*(start(tmp_path, tiny_dir, cache, *extra, worker=i) for i in range(2)))
+    finish(*(start(tmp_path, tiny_dir, cache, *extra) for _ in range(2)))
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 

@@ -174,6 +174,7 @@ def import_file(
         source = "Persona Vectors (.pt; row L = hidden_states[L] = steerlab layer L-1)"
     else:
         raise VectorFileError(f"{path}: unknown kind; give --kind gguf or --kind persona")
+    given = n_layers  # what the user said, not what the file implies
     if kind == "persona":
         if n_layers is not None and n_layers != len(directions):
             raise VectorFileError(f"{path}: has {len(directions)} layers, not {n_layers}")
@@ -195,7 +196,8 @@ def import_file(
                 f"{path}: vectors of size {d}, but {model.ref} has hidden size {model.hidden_size}"
             )
         if n_layers is not None and n_layers != model.n_layers:
-            raise VectorFileError(f"--n-layers {n_layers}, but {model.ref} has {model.n_layers}")
+            said = f"--n-layers {given}" if given is not None else f"{path} has {n_layers} layers"
+            raise VectorFileError(f"{said}, but {model.ref} has {model.n_layers}")
         n_layers = model.n_layers
         norms = measure_norms(model)
         meta |= {"model": model_name or model.ref, "model_ref": model.ref}

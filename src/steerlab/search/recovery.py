@@ -72,10 +72,16 @@ def log_missing(
     except Exception as e:  # noqa: BLE001 - the store is down: every trial stays to log
         log.warning("MLflow store unreachable (%s); trials are logged by the next run", e)
         return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    todo = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.number not in have
+    ]
+    if todo:
+        with contextlib.suppress(Exception):  # the store is down: nothing to drop now either
+            runs.drop_unfinished(tracking.store_of(cfg), parent, {t.number for t in todo})
     left = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.number in have:
-            continue
+    for t in todo:
         span = (t.datetime_start.timestamp(), t.datetime_complete.timestamp())
         try:
             rn.relog(cfg, setup, sweep_dir / str(t.number), t.number, parent, span, params)

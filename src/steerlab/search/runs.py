@@ -107,6 +107,17 @@ def logged_trials(store: Store, parent_run_id: str) -> set[int]:
     }
 
 
+def drop_unfinished(store: Store, parent_run_id: str, numbers: set[int]) -> None:
+    """Delete the child runs of these trials that did not finish (a logging that failed half
+    way): a completed trial's one run is the FINISHED one logged from its folder."""
+    c = client(store)
+    exp = c.get_run(parent_run_id).info.experiment_id
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status != 'FINISHED'"
+    for r in c.search_runs([exp], query, max_results=50000):
+        if records.as_int(r.data.tags.get(records.TRIAL_TAG)) in numbers:
+            c.delete_run(r.info.run_id)
+
+
 def close_orphans(store: Store, parent_run_id: str, running: set[int]) -> int:
     """Close the child runs a killed worker left RUNNING (their trial is no longer in flight)
     as KILLED; returns how many."""

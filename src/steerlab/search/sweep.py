@@ -218,14 +218,27 @@ def secret_free(e: BaseException | str, cfg: DictConfig) -> str:
     if isinstance(e, BaseException):
         causes = [e]
         while (c := causes[-1].__cause__ or causes[-1].__context__) and len(causes) < 4:
+            if "no running event loop" in str(c):
+                break  # asyncio's bookkeeping while a client shut down, not what failed
             causes.append(c)  # the root cause says what happened ("disk is full")
-        root = str(causes[-1]).strip().splitlines()[0] if str(causes[-1]).strip() else ""
-        e = f"{type(e).__name__}: {e}" + (f" (cause: {root})" if root and len(causes) > 1 else "")
+        text = str(causes[-1]).strip().strip("()").strip()  # an empty cause says "()"
+        root = text.splitlines()[0] if text else type(causes[-1]).__name__
+        e = f"{type(e).__name__}: {e}" + (f" (cause: {root})" if len(causes) > 1 else "")
+        if isinstance(causes[0], optuna.exceptions.StorageInternalError | SQLAlchemyError):
+            e = f"study storage {_storage_of(cfg)}: {e}"
     text = redact(e)
     key_env = cfg.judge.get("api_key_env")
     if key_env and (key := os.environ.get(key_env, "").strip()):
         text = text.replace(key, "***")
     return text[:2000]
+
+
+def _storage_of(cfg: DictConfig) -> str:
+    """The study storage's URL, password masked, for messages."""
+    try:
+        return st.masked(st.storage_url(cfg, Path(str(cfg.hydra.sweep.dir)).resolve()))
+    except Exception:  # noqa: BLE001 - a message's detail: the setting as given
+        return redact(str(cfg.search.storage))
 
 
 def _evaluate(
