@@ -256,6 +256,12 @@ def test_a_tracking_server_killed_mid_study_loses_no_trial(tmp_path, tiny_dir):
         study = _study(tmp_path)
         assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 6
         _mirrors(study, uri)
+        import mlflow
+
+        from steerlab.tracking import read_sweeps
+
+        [read] = read_sweeps(mlflow.MlflowClient(uri), "tiny/evil")  # what the report reads
+        assert len(read.trials) == 6
     finally:
         os.killpg(server.pid, signal.SIGKILL)
 
