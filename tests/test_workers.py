@@ -321,3 +321,13 @@ def test_copies_started_at_the_same_moment_never_ask_a_point_twice(
     asked = [t for t in study.get_trials(deepcopy=False) if t.params]
     repeats = [t for t in asked if t.user_attrs.get("repeat")]
     assert len(set(params_of([t for t in asked if t not in repeats]))) == len(asked) - len(repeats)
+
+
+def test_three_copies_started_by_hand_on_postgres_never_ask_a_point_twice(
+    tmp_path, tiny_dir, cache, pg_url
+):
+    """Three terminals on one PostgreSQL study at the same moment: 9 trials, 9 points."""
+    extra = (f"search.storage={pg_url}", "search.n_trials=9")
+    finish(*(start(tmp_path, tiny_dir, cache, *extra) for _ in range(3)))
+    done = complete(the_study(pg_url))
+    assert len(done) == 9 and len(set(params_of(done))) == 9, params_of(done)
