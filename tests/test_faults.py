@@ -296,3 +296,48 @@ def test_a_trial_recorded_by_a_worker_that_died_is_completed_not_repeated(tmp_pa
     assert sorted(x.number for x in done) == [0, 1, number]  # completed, nothing re-asked
     assert not study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     _mirrors(study, f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+
+
+def test_a_full_tracking_disk_loses_no_trial(tmp_path, tiny_dir):
+    """The MLflow store (a sqlite `tracking.uri`) on a disk that fills during the study: the
+    trials stand, the end is one line naming what is not in MLflow yet; with the store moved
+    to a disk with room, the same command logs them all from their folders."""
+    import shutil
+    import sys
+
+    import pytest
+
+    work = tmp_path / "work"  # the current folder: a sqlite store's artifacts go there
+    work.mkdir()
+    made = tmp_path / "made.db"  # an empty store, made where there is room (~0.9 MB)
+    subprocess.run([sys.executable, "-c", "import mlflow; mlflow.MlflowClient("
+                    f"'sqlite:///{made}').search_experiments()"], cwd=work, check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    disk = tmp_path / "small"
+    disk.mkdir()
+    room = made.stat().st_size // 1024 + 250  # KB: the parent run and a few trials
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room}k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("mounting a small tmpfs needs root")
+    shutil.copy(made, disk / "mlflow.db")
+
+    def sweep_with(uri: str) -> subprocess.CompletedProcess:
+        args = [*tiny_args(tmp_path, tiny_dir), f"tracking.uri={uri}", "search.n_trials=12"]
+        return subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=work,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    try:
+        full = sweep_with(f"sqlite:///{disk}/mlflow.db")
+        shutil.copy(disk / "mlflow.db", tmp_path / "mlflow.db")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    errors = [line for line in full.stderr.splitlines() if line.startswith("steerlab: error:")]
+    assert full.returncode == 2 and len(errors) == 1, (full.stdout + full.stderr)[-3000:]
+    assert "not in MLflow yet" in errors[0] and "Traceback" not in full.stderr, errors[0]
+    study = _study(tmp_path)
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 12
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert len([r for r in _child_runs(uri) if r.info.status == "FINISHED"]) < 12
+    again = sweep_with(uri)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _mirrors(_study(tmp_path), uri)

@@ -333,8 +333,9 @@ def record(
         with timing.stage("mlflow"):
             _log_trial(cfg, setup, params, result.rows, metrics, job_dir, name, parent_run_id, span)
     except Exception as e:  # noqa: BLE001 - the trial stands (files, study); say so
-        log.warning("trial %s was not logged to MLflow (%s); its files: %s", number, e, job_dir)
-        return metrics, f"{type(e).__name__}: {e}"[:500]
+        why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:500]
+        log.warning("trial %s was not logged to MLflow (%s); its files: %s", number, why, job_dir)
+        return metrics, why
     return metrics, None
 
 

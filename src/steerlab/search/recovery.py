@@ -80,13 +80,17 @@ def log_missing(
     if todo:
         with contextlib.suppress(Exception):  # the store is down: nothing to drop now either
             runs.drop_unfinished(tracking.store_of(cfg), parent, {t.number for t in todo})
-    left = []
+    left: list[int] = []
     for t in todo:
+        if left:  # the store just failed: the rest wait for the next run too
+            left.append(t.number)
+            continue
         span = (t.datetime_start.timestamp(), t.datetime_complete.timestamp())
         try:
             rn.relog(cfg, setup, sweep_dir / str(t.number), t.number, parent, span, params)
         except Exception as e:  # noqa: BLE001 - listed, and tried again by the next run
-            log.warning("trial %d is not in MLflow yet (%s)", t.number, e)
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            log.warning("trial %d is not in MLflow yet (%s)", t.number, why)
             left.append(t.number)
     return left
 

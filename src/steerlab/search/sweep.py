@@ -223,7 +223,8 @@ def secret_free(e: BaseException | str, cfg: DictConfig) -> str:
             causes.append(c)  # the root cause says what happened ("disk is full")
         text = str(causes[-1]).strip().strip("()").strip()  # an empty cause says "()"
         root = text.splitlines()[0] if text else type(causes[-1]).__name__
-        e = f"{type(e).__name__}: {e}" + (f" (cause: {root})" if len(causes) > 1 else "")
+        first = (str(e).strip().splitlines() or [""])[0]  # one line: no SQL, no parameters
+        e = f"{type(e).__name__}: {first}" + (f" (cause: {root})" if len(causes) > 1 else "")
         if isinstance(causes[0], optuna.exceptions.StorageInternalError | SQLAlchemyError):
             e = f"study storage {_storage_of(cfg)}: {e}"
     text = redact(e)
