@@ -189,6 +189,12 @@ def _mirrors(study: optuna.Study, uri: str) -> None:
         t = done[int(r.data.tags["steerlab.trial"])]
         assert int(r.data.params["steering.layer"]) == t.params["layer"]
         assert float(r.data.params["steering.coef"]) == t.params["coef"]
+    import mlflow
+
+    from steerlab.tracking import read_sweeps
+
+    [read] = read_sweeps(mlflow.MlflowClient(uri), "tiny/evil")  # what the report reads
+    assert sorted(t.number for t in read.trials) == sorted(done)
 
 
 def test_a_tracking_server_killed_mid_study_loses_no_trial(tmp_path, tiny_dir):
@@ -256,12 +262,6 @@ def test_a_tracking_server_killed_mid_study_loses_no_trial(tmp_path, tiny_dir):
         study = _study(tmp_path)
         assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 6
         _mirrors(study, uri)
-        import mlflow
-
-        from steerlab.tracking import read_sweeps
-
-        [read] = read_sweeps(mlflow.MlflowClient(uri), "tiny/evil")  # what the report reads
-        assert len(read.trials) == 6
     finally:
         os.killpg(server.pid, signal.SIGKILL)
 

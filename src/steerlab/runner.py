@@ -26,6 +26,7 @@ from steerlab.config import SteeringConfig, cache_of, position_of, root_of
 from steerlab.errors import ConfigError
 from steerlab.positions import parse_position
 from steerlab.records import objective
+from steerlab.runlog import log_child
 from steerlab.stats import fmt_ci, intervals_of, score_intervals
 
 if TYPE_CHECKING:
@@ -377,7 +378,7 @@ def _log_trial(
         tags["steerlab.trial"] = name.removeprefix("trial-")
     rank = objective(metrics["trait"], metrics["coherence"], setup.coherence_min)
     cols = ("question", "answer", "trait", "coherence", "note")
-    tracking.log_child(
+    log_child(
         tracking.store_of(cfg),
         tracking.experiment_name(cfg),
         name,

@@ -213,57 +213,6 @@ def run(
         c.set_terminated(active.info.run_id, "FINISHED", end_time=int(span[1] * 1000))
 
 
-def log_child(
-    store: Store,
-    experiment: str,
-    name: str,
-    parent_run_id: str | None,
-    tags: Mapping[str, str],
-    params: Mapping[str, Any],
-    metrics: Mapping[str, float],
-    tables: Mapping[str, Mapping[str, list]] | None = None,
-    dicts: Mapping[str, Any] | None = None,
-    folder: tuple[Path, str] | None = None,
-    span: tuple[float, float] | None = None,
-) -> str:
-    """A finished run in few store calls (a sweep logs many): created with its tags and start
-    time, params and metrics in one batch, its tables, dicts and a folder as artifacts, then
-    ended (FAILED if any of that failed). `span` as in `run`. Returns its id."""
-    import time
-
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking.context.registry import resolve_tags
-
-    c = client(store)
-    start, end = span or (time.time(), None)
-    parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
-    made = c.create_run(
-        experiment_id(store, experiment),
-        start_time=int(start * 1000),
-        tags=resolve_tags({**tags, **parent}),
-        run_name=name,
-    )
-    run_id = made.info.run_id
-    try:
-        now = int(time.time() * 1000)
-        c.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            params=[Param(k, v) for k, v in flatten(params).items()],
-        )
-        for file, table in (tables or {}).items():
-            c.log_table(run_id, dict(table), file)
-        for file, d in (dicts or {}).items():
-            c.log_dict(run_id, d, file)
-        if folder:
-            c.log_artifacts(run_id, str(folder[0]), folder[1])
-    except BaseException:
-        c.set_terminated(run_id, "FAILED")
-        raise
-    c.set_terminated(run_id, "FINISHED", end_time=int((end or time.time()) * 1000))
-    return run_id
-
-
 # ---------------------------------------------------------------------------------------------
 # records in the store: a sweep is a parent run (tag steerlab.kind=sweep) whose `trials.json`
 # table holds its trials, with one child run (tag steerlab.kind=trial) per trial
@@ -279,8 +228,8 @@ def log_sweep(
     scores (and their CIs: `best_delta_lo`, ...) as `best_*` metrics and where it steers as
     `best.*` tags (the parent's `steering.*` params are not the best trial's: a search sets them
     per trial)."""
-    mlflow.log_table(records.table(trials), "trials.json")
-    mlflow.log_table(records.table([trials[i] for i in front]), "pareto.json")
+    put_table(mlflow, records.table(trials), "trials.json")
+    put_table(mlflow, records.table([trials[i] for i in front]), "pareto.json")
     best = records.best(trials)
     if best is not None:
         mlflow.log_metrics(
@@ -315,7 +264,23 @@ def log_confirmation(
     per-question scores back from them)."""
     mlflow.log_metrics(rounded(confirmation.metrics()))
     for name, got in ((records.CONFIRMATION, rows), (records.CONFIRMATION_BASELINE, base_rows)):
-        mlflow.log_table({k: [r[k] for r in got] for k in got[0]}, name)
+        put_table(mlflow, {k: [r[k] for r in got] for k in got[0]}, name)
+
+
+def put_table(mlflow: Any, table: Mapping[str, list], file: str) -> None:
+    """`log_table`'s file, replaced: `log_table` appends, so a re-run study repeated its rows."""
+    import tempfile
+
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/{file}"
+        pd.DataFrame(dict(table)).to_json(path, orient="split", index=False, date_format="iso")
+        mlflow.log_artifact(path)
+    tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+    kinds = json.loads(tags.get("mlflow.loggedArtifacts", "[]"))  # the UI's table views
+    if (entry := {"path": file, "type": "table"}) not in kinds:
+        mlflow.set_tag("mlflow.loggedArtifacts", json.dumps([*kinds, entry]))
 
 
 def best_tags(best: Trial) -> dict[str, str]:

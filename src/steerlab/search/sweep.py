@@ -172,10 +172,14 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                 + "; run the same command again to finish and log them"
             ),
         )
-    if not_logged:
+    if not_logged:  # the mirror is incomplete: say so, and exit 2 so scripts notice
         summary.text += (
             f"\n{len(not_logged)} trial(s) not logged to MLflow ({not_logged}); their answers "
             f"and metrics are in {sweep_dir}/<trial>/"
+        )
+        summary.error = InfraError(
+            f"the study finished, but {len(not_logged)} trial(s) are not in MLflow yet "
+            f"({not_logged}); run the same command again to log them from their folders"
         )
     return summary
 

@@ -1,0 +1,61 @@
+"""A trial's MLflow child run written in a handful of store calls (a sweep writes one per trial,
+so the fluent API's per-call lookups would cost more than the trial's bookkeeping)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from steerlab.tracking import Store, client, experiment_id, flatten
+
+
+def log_child(
+    store: Store,
+    experiment: str,
+    name: str,
+    parent_run_id: str | None,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tables: Mapping[str, Mapping[str, list]] | None = None,
+    dicts: Mapping[str, Any] | None = None,
+    folder: tuple[Path, str] | None = None,
+    span: tuple[float, float] | None = None,
+) -> str:
+    """A finished run in few store calls (a sweep logs many): created with its tags and start
+    time, params and metrics in one batch, tables, dicts and a folder as artifacts, then ended
+    (FAILED if any of that failed). `span` as in `run`. Returns its id."""
+    import time
+
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking.context.registry import resolve_tags
+
+    c = client(store)
+    start, end = span or (time.time(), None)
+    parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    made = c.create_run(
+        experiment_id(store, experiment),
+        start_time=int(start * 1000),
+        tags=resolve_tags({**tags, **parent}),
+        run_name=name,
+    )
+    run_id = made.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        c.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, v) for k, v in flatten(params).items()],
+        )
+        for file, table in (tables or {}).items():
+            c.log_table(run_id, dict(table), file)
+        for file, d in (dicts or {}).items():
+            c.log_dict(run_id, d, file)
+        if folder:
+            c.log_artifacts(run_id, str(folder[0]), folder[1])
+    except BaseException:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    c.set_terminated(run_id, "FINISHED", end_time=int((end or time.time()) * 1000))
+    return run_id
