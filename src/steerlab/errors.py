@@ -15,3 +15,10 @@ class ConfigError(ValueError):
 
 class InfraError(RuntimeError):
     """A service or resource the run depends on failed; nothing about the configuration."""
+
+
+def first_line(e: BaseException, default: str | None = None) -> str:
+    """An error message's first line (a database error goes on with its SQL and parameters);
+    `default`, else the error's type name, when it has none."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else (type(e).__name__ if default is None else default)

@@ -23,7 +23,7 @@ from steerlab import timing, tracking
 from steerlab.cache import digest
 from steerlab.checks import check, random_refs
 from steerlab.config import SteeringConfig, cache_of, position_of, root_of
-from steerlab.errors import ConfigError
+from steerlab.errors import ConfigError, first_line
 from steerlab.positions import parse_position
 from steerlab.records import objective
 from steerlab.runlog import log_child
@@ -332,9 +332,11 @@ def record(
     name = f"trial-{number}" if number is not None else where(steer)
     try:
         with timing.stage("mlflow"):
-            _log_trial(cfg, setup, params, result.rows, metrics, job_dir, name, parent_run_id, span)
+            _log_trial(
+                cfg, setup, params, result.rows, metrics, job_dir, number, name, parent_run_id, span
+            )
     except Exception as e:  # noqa: BLE001 - the trial stands (files, study); say so
-        why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:500]
+        why = f"{type(e).__name__}: {first_line(e, '')}"[:500]
         log.warning("trial %s was not logged to MLflow (%s); its files: %s", number, why, job_dir)
         return metrics, why
     return metrics, None
@@ -356,7 +358,8 @@ def relog(
     text = (job_dir / "responses.jsonl").read_text()
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     params = dict(params, steering=config["steering"])
-    _log_trial(cfg, setup, params, rows, metrics, job_dir, f"trial-{number}", parent_run_id, span)
+    name = f"trial-{number}"
+    _log_trial(cfg, setup, params, rows, metrics, job_dir, number, name, parent_run_id, span)
 
 
 def _log_trial(
@@ -366,6 +369,7 @@ def _log_trial(
     rows: list[dict[str, Any]],
     metrics: dict[str, float],
     job_dir: Path,
+    number: int | None,
     name: str,
     parent_run_id: str | None,
     span: tuple[float, float] | None = None,
@@ -374,8 +378,8 @@ def _log_trial(
     trials of a batch share one generate, so each took the batch's time), metrics rounded, with
     `objective` (`records.objective`: sorted by it, the best valid trial comes first)."""
     tags = {"steerlab.kind": "trial", "steerlab.vector": str(setup.vector_path)}
-    if name.startswith("trial-"):
-        tags["steerlab.trial"] = name.removeprefix("trial-")
+    if number is not None:
+        tags["steerlab.trial"] = str(number)
     rank = objective(metrics["trait"], metrics["coherence"], setup.coherence_min)
     cols = ("question", "answer", "trait", "coherence", "note")
     log_child(

@@ -85,12 +85,12 @@ def _create_local(uri: str) -> None:
 
 def check_store(store: Store) -> None:
     """The store answers, or a one-line ConfigError naming it (before any work is done)."""
-    from steerlab.errors import ConfigError
+    from steerlab.errors import ConfigError, first_line
 
     try:
         client(store).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure: the store is unusable
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        reason = first_line(e)[:300]
         where = tracking_uri(store)
         fix = "move the broken file away" if isinstance(store, Path) else "check the server"
         raise ConfigError(f"tracking store {where} is not usable ({reason}); {fix}") from None

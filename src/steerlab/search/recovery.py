@@ -15,11 +15,12 @@ from typing import Any
 import optuna
 import yaml
 from omegaconf import DictConfig
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from steerlab import runner as rn
 from steerlab import tracking
 from steerlab.config import SteeringConfig
+from steerlab.errors import first_line
 from steerlab.search import runs
 from steerlab.search import study as st
 from steerlab.search.strategies import Strategy
@@ -65,18 +66,9 @@ def log_missing(
     """Log COMPLETE trials that have no FINISHED MLflow run under the study's parent from their
     folders (their logging failed, or their worker died before it): MLflow mirrors the study,
     one run per trial. Returns the numbers still unlogged."""
-    if not parent:
-        return []
-    try:
-        have = runs.logged_trials(tracking.store_of(cfg), parent)
-    except Exception as e:  # noqa: BLE001 - the store is down: every trial stays to log
-        log.warning("MLflow store unreachable (%s); trials are logged by the next run", e)
+    todo = _missing(cfg, study, parent)
+    if todo is None:  # the store cannot be read: fail fast, every trial waits for the next run
         return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    todo = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.number not in have
-    ]
     if todo:
         with contextlib.suppress(Exception):  # the store is down: nothing to drop now either
             runs.drop_unfinished(tracking.store_of(cfg), parent, {t.number for t in todo})
@@ -89,19 +81,29 @@ def log_missing(
         try:
             rn.relog(cfg, setup, sweep_dir / str(t.number), t.number, parent, span, params)
         except Exception as e:  # noqa: BLE001 - listed, and tried again by the next run
-            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            log.warning("trial %d is not in MLflow yet (%s)", t.number, why)
+            log.warning("trial %d is not in MLflow yet (%s)", t.number, first_line(e))
             left.append(t.number)
     return left
 
 
 def unlogged(cfg: DictConfig, study: optuna.Study, parent: str | None) -> list[int]:
-    """COMPLETE trials without a FINISHED MLflow run (all of them if the store is down)."""
-    done = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if not parent or not cfg.tracking.enabled:
+    """Numbers of COMPLETE trials without a FINISHED MLflow run under the study's parent (every
+    one while the store cannot be read)."""
+    missing = _missing(cfg, study, parent)
+    if missing is None:
+        missing = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t.number for t in missing]
+
+
+def _missing(cfg: DictConfig, study: optuna.Study, parent: str | None) -> list[FrozenTrial] | None:
+    """COMPLETE trials without a FINISHED run; None if the store cannot be read (none without
+    a parent: tracking is off)."""
+    if not parent:
         return []
     try:
         have = runs.logged_trials(tracking.store_of(cfg), parent)
-    except Exception:  # noqa: BLE001 - unreachable: none is known to be logged
-        return done
-    return [n for n in done if n not in have]
+    except Exception as e:  # noqa: BLE001 - any failure: the store cannot say what it has
+        log.warning("MLflow store unreachable (%s); trials are logged by the next run", e)
+        return None
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in done if t.number not in have]

@@ -5,6 +5,7 @@ and reads records)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from steerlab import records
 from steerlab.tracking import Store, client
@@ -96,37 +97,39 @@ def run_exists(store: Store, run_id: str) -> bool:
     return True
 
 
-def logged_trials(store: Store, parent_run_id: str) -> set[int]:
-    """Trial numbers with a FINISHED child run under the sweep's parent run."""
+def _children(
+    store: Store, parent_run_id: str, status: str
+) -> tuple[Any, list[tuple[Any, int | None]]]:
+    """A client and the parent's child runs whose status matches `status` (e.g. "= 'RUNNING'"),
+    each with its trial number (None if it has none)."""
     c = client(store)
     exp = c.get_run(parent_run_id).info.experiment_id
-    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'"
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status {status}"
     found = c.search_runs([exp], query, max_results=50000)
-    return {
-        n for r in found if (n := records.as_int(r.data.tags.get(records.TRIAL_TAG))) is not None
-    }
+    return c, [(r, records.as_int(r.data.tags.get(records.TRIAL_TAG))) for r in found]
+
+
+def logged_trials(store: Store, parent_run_id: str) -> set[int]:
+    """Trial numbers with a FINISHED child run under the sweep's parent run."""
+    _, kids = _children(store, parent_run_id, "= 'FINISHED'")
+    return {n for _, n in kids if n is not None}
 
 
 def drop_unfinished(store: Store, parent_run_id: str, numbers: set[int]) -> None:
     """Delete the child runs of these trials that did not finish (a logging that failed half
     way): a completed trial's one run is the FINISHED one logged from its folder."""
-    c = client(store)
-    exp = c.get_run(parent_run_id).info.experiment_id
-    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status != 'FINISHED'"
-    for r in c.search_runs([exp], query, max_results=50000):
-        if records.as_int(r.data.tags.get(records.TRIAL_TAG)) in numbers:
+    c, kids = _children(store, parent_run_id, "!= 'FINISHED'")
+    for r, n in kids:
+        if n in numbers:
             c.delete_run(r.info.run_id)
 
 
 def close_orphans(store: Store, parent_run_id: str, running: set[int]) -> int:
     """Close the child runs a killed worker left RUNNING (their trial is no longer in flight)
     as KILLED; returns how many."""
-    c = client(store)
-    parent = c.get_run(parent_run_id)
-    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    c, kids = _children(store, parent_run_id, "= 'RUNNING'")
     closed = 0
-    for r in c.search_runs([parent.info.experiment_id], query, max_results=1000):
-        number = records.as_int(r.data.tags.get(records.TRIAL_TAG))
+    for r, number in kids:
         if number is not None and number in running:
             continue
         c.set_tag(r.info.run_id, "steerlab.interrupted", "true")

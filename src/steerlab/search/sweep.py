@@ -31,7 +31,7 @@ from steerlab.checks import check
 from steerlab.combinations import place
 from steerlab.config import SteeringConfig, position_of, redact, root_of, steering_of
 from steerlab.ensembles import Ensemble, save_ensemble
-from steerlab.errors import ConfigError, InfraError
+from steerlab.errors import ConfigError, InfraError, first_line
 from steerlab.models import shape_of
 from steerlab.records import Trial
 from steerlab.search import points, recovery, runs
@@ -227,7 +227,7 @@ def secret_free(e: BaseException | str, cfg: DictConfig) -> str:
             causes.append(c)  # the root cause says what happened ("disk is full")
         text = str(causes[-1]).strip().strip("()").strip()  # an empty cause says "()"
         root = text.splitlines()[0] if text else type(causes[-1]).__name__
-        first = (str(e).strip().splitlines() or [""])[0]  # one line: no SQL, no parameters
+        first = first_line(e, "")  # one line: no SQL, no parameters
         e = f"{type(e).__name__}: {first}" + (f" (cause: {root})" if len(causes) > 1 else "")
         if isinstance(causes[0], optuna.exceptions.StorageInternalError | SQLAlchemyError):
             e = f"study storage {_storage_of(cfg)}: {e}"
