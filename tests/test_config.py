@@ -78,3 +78,15 @@ def test_size_presets_apply_after_the_experiment_and_before_the_command_line():
         None,
     )
     assert ref.hydra.sweep.dir.endswith("/evil/combinations/None")  # the overlay's own dir
+
+
+def test_a_trait_in_a_config_dir_is_an_option_and_a_missing_one_is_still_refused(tmp_path):
+    from steerlab.config import unknown_key
+
+    (tmp_path / "trait").mkdir()
+    (tmp_path / "trait" / "mine.yaml").write_text("name: mine\ndir: traits/mine\n")
+    assert unknown_key(["--config-dir", str(tmp_path), "trait=mine"]) is None
+    assert unknown_key([f"--config-dir={tmp_path}", "trait=mine"]) is None
+    why = unknown_key(["--config-dir", str(tmp_path), "trait=nope"])
+    assert why and "valid: evil, hallucination, mine, sycophancy" in why
+    assert "trait=mine: no such trait" in (unknown_key(["trait=mine"]) or "")

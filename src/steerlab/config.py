@@ -173,6 +173,8 @@ def unknown_key(overrides: list[str]) -> str | None:
     from steerlab.judges.config import SCHEMAS
 
     args = [a for a in overrides if not a.startswith("-")]
+    dirs = config_dirs(overrides)
+    args = [a for a in args if a not in dirs]
     try:
         parsed = OverridesParser.create().parse_overrides(args)
     except HydraException:
@@ -180,7 +182,7 @@ def unknown_key(overrides: list[str]) -> str | None:
     judge = next((str(o.value()) for o in parsed if o.key_or_group == "judge"), "offline")
     for o in parsed:
         key = o.key_or_group
-        if "." not in key and (why := unknown_option(o)):
+        if "." not in key and (why := unknown_option(o, dirs)):
             return why
         if o.is_delete() or key.startswith("hydra") or (key in GROUPS and "." not in key):
             continue
@@ -200,15 +202,27 @@ def unknown_key(overrides: list[str]) -> str | None:
     return None
 
 
-def unknown_option(override: Any) -> str | None:
+def config_dirs(argv: list[str]) -> list[str]:
+    """The folders given with Hydra's `--config-dir`/`-cd` (searched besides `conf/`)."""
+    out = []
+    for a, b in zip(argv, [*argv[1:], ""], strict=True):
+        if a in ("--config-dir", "-cd"):
+            out.append(b)
+        elif a.startswith("--config-dir="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
+def unknown_option(override: Any, extra_dirs: list[str] | None = None) -> str | None:
     """Why `group=name` names no config of that group (`trait=nosuchtrait`), with the valid
-    names; None if it does, or the key is no config group."""
+    names; None if it does, or the key is no config group. `extra_dirs`: `--config-dir`s."""
     from steerlab.data import CONF_DIR
 
     group = CONF_DIR / override.key_or_group
     if override.is_delete() or not group.is_dir() or override.value() is None:
         return None
-    valid = sorted(p.stem for p in group.glob("*.yaml"))
+    found = [d / override.key_or_group for d in map(Path, extra_dirs or [])]
+    valid = sorted({p.stem for g in (group, *found) for p in g.glob("*.yaml")})
     values = (
         list(override.sweep_string_iterator())
         if override.is_sweep_override()
