@@ -40,6 +40,11 @@ $(VENV)/.postgres:  # the real PostgreSQL server the distributed-study tests sta
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 	@mkdir -p $(VENV) && touch $@
 
+$(VENV)/.chromium:  # the real browser the screenshot test and tools/screenshots.py drive (Debian's)
+	@test -x /usr/bin/chromium || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@mkdir -p $(VENV) && touch $@
+
 setup: $(VENV)/.installed  ## create .venv and install everything (idempotent)
 
 run: setup  ## the main job: search layer x coef for evil on the embedded model (ARGS=... to add overrides)
@@ -53,7 +58,7 @@ experiments: setup  ## model_diff, then combinations and ensembles, into ROOT (S
 report: setup  ## the Markdown report of ROOT's MLflow store into OUT (default docs/report)
 	$(PY) -m steerlab.report --root $(ROOT) --experiment model_diff --out $(OUT)
 
-test: setup $(VENV)/.server $(VENV)/.postgres  ## every test, including the real-server and embedded-model ones
+test: setup $(VENV)/.server $(VENV)/.postgres $(VENV)/.chromium  ## every test, including the real-server and embedded-model ones
 	$(PY) -m pytest $(ARGS)
 
 test-fast: setup  ## unit tests on tiny random models only

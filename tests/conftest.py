@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,43 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Hermetic: the suite runs from an empty folder of its own, never reads or writes the checkout's
+# stores (a user's `make run` leaves mlruns/, multirun/, cache/ there) and keeps its caches out
+# of ~/.cache/steerlab, except the shared, read-only converted models (models/).
+WORK = Path(tempfile.mkdtemp(prefix="steerlab-tests-"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(WORK / "compile"))
+USER_STATE = [REPO / d for d in ("mlruns", "multirun", "cache", "outputs", "ensembles", "logs")]
+
+
+def _fingerprint() -> dict[str, tuple[int, int]]:
+    """Every file of the user's state (the checkout's stores, ~/.cache/steerlab but models/)."""
+    from steerlab.models import CACHE_HOME
+
+    roots = [*USER_STATE, *(p for p in CACHE_HOME.glob("*") if p.name != "models")]
+    out = {}
+    for root in roots:
+        for p in [root] if root.is_file() else root.rglob("*"):
+            if p.is_file():
+                st = p.stat()
+                out[str(p)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _fingerprint()
+    os.chdir(WORK)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    os.chdir(REPO)
+    before, after = session.config.stash.get(_BEFORE, {}), _fingerprint()
+    touched = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    if touched:
+        print(f"\nthe tests changed the user's state ({len(touched)} file(s)):", *touched[:20])
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[dict]()
 TINY_SWEEP = [  # a sweep of the tiny model (`tiny_dir`): few pairs, short answers, all valid
     "trait=evil",
     "position=5",
@@ -101,10 +139,11 @@ def tiny_dir(tmp_path_factory):
 def run_steerlab(
     *args: str, timeout: int = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """`python -m steerlab ARGS` run from the repository as a user would, output captured."""
+    """`python -m steerlab ARGS` run as a user would, from the suite's own folder, output
+    captured."""
     return subprocess.run(
         [sys.executable, "-m", "steerlab", *args],
-        cwd=REPO,
+        cwd=WORK,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -175,3 +175,14 @@ def test_an_unknown_run_id_and_a_folder_without_store_fail_in_one_line(user_root
     (lonely / "0" / "config.yaml").write_text("paths:\n  root: .\n")
     with pytest.raises(LoadError, match="no MLflow store found"):
         load(lonely)
+
+
+def test_a_folder_never_finds_the_current_directory_s_store(user_root, tmp_path, monkeypatch):
+    """A sweep folder's store is the one its configs or its multirun/ root name: a store that
+    happens to be in the current directory (a checkout after `make run`) is not searched."""
+    lonely = tmp_path / "sweep"
+    (lonely / "0").mkdir(parents=True)
+    (lonely / "0" / "config.yaml").write_text("paths:\n  root: .\n")
+    monkeypatch.chdir(user_root)  # holds a real MLflow store of other sweeps
+    with pytest.raises(LoadError, match="no MLflow store found"):
+        load(lonely)

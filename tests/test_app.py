@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SMALL, run_steerlab
+from conftest import REPO, SMALL, WORK, run_steerlab
 
 
 @pytest.fixture(scope="module")
 def cache():
     """The content-addressed cache the offline-judge tests use: the judge is fitted once."""
-    from steerlab.models import CACHE_HOME
-
-    return CACHE_HOME / "test-offline-judge"
+    return WORK / "offline-judge"  # fitted once per session, shared by the modules
 
 
 def steerlab(root: Path, cache: Path, *args: str, check: bool = True):

@@ -12,7 +12,7 @@ import gguf
 import pytest
 import torch
 
-from conftest import REPO, SWEEP, tiny_args, tiny_model
+from conftest import SWEEP, WORK, tiny_args, tiny_model
 from steerlab import portable
 from steerlab.api import Steering, Term, load
 from steerlab.export import ExportError, export_gguf, export_steerlab, main, per_layer
@@ -195,7 +195,7 @@ def test_an_imported_vector_steers_a_run_in_absolute_units_only(tmp_path, tiny_d
             *args,
             f"steering.vector={tmp_path}/pv.safetensors",
         ]
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        return subprocess.run(cmd, cwd=WORK, capture_output=True, text=True, timeout=600)
 
     refused = run()
     assert refused.returncode == 2 and "relative coefficients need" in refused.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from conftest import REPO, run_steerlab, tiny_args
+from conftest import WORK, run_steerlab, tiny_args
 
 
 def completion(score: str) -> bytes:
@@ -238,7 +238,7 @@ def test_a_tracking_server_killed_mid_study_loses_no_trial(tmp_path, tiny_dir):
     server = serve()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "steerlab", *args], cwd=REPO, env=env, text=True,
+            [sys.executable, "-m", "steerlab", *args], cwd=WORK, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         sweep_dir = None

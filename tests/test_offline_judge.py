@@ -14,6 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import WORK
 from steerlab.data import PROJECT_ROOT, load_trait
 from steerlab.judges.base import cached_scores
 from steerlab.judges.offline import OfflineJudge, discover_calibration
@@ -276,9 +277,7 @@ def lm():
 
 @pytest.fixture(scope="session")
 def judge_cache():
-    from steerlab.models import CACHE_HOME
-
-    return CACHE_HOME / "test-offline-judge"
+    return WORK / "offline-judge"  # fitted once per session, shared by the modules
 
 
 @pytest.fixture(scope="session")

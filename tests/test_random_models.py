@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run_steerlab
+from conftest import WORK, run_steerlab
 from steerlab.models import SHAPES, ModelError, byte_tokenizer, load_model, shape_of
 
 STUDY = [
@@ -105,7 +105,7 @@ def test_a_whole_study_runs_on_random_models_with_a_random_hf_judge(tmp_path):
     report = subprocess.run(
         [sys.executable, "-m", "steerlab.report", "--root", str(tmp_path), "--experiment",
          "random-tiny/evil", "--out", str(tmp_path / "report"), "--no-log"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=WORK, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert report.returncode == 0, report.stderr[-2000:]
     assert "random-tiny/evil" in (tmp_path / "report" / "report.md").read_text()
@@ -116,7 +116,7 @@ def test_the_sweep_bench_runs_its_studies_and_prints_its_line(tmp_path):
     r = subprocess.run(
         [sys.executable, "bench/sweep_bench.py", "--tiny", "--studies", "natural",
          "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        cwd=WORK, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     last = r.stdout.strip().splitlines()[-1]

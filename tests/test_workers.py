@@ -23,7 +23,7 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from conftest import REPO, tiny_args
+from conftest import REPO, WORK, tiny_args
 
 pytestmark = pytest.mark.server
 
@@ -70,7 +70,7 @@ def mlflow_server(postgres, tmp_path_factory):
     proc = subprocess.Popen(
         ["make", "-s", "mlflow-server", f"PORT={port}", f"ROOT={root}",
          f"PGDIR={postgres['dir']}", f"PGPORT={postgres['port']}"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=WORK, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, env=os.environ | {"MAKEFLAGS": ""},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -95,7 +95,7 @@ def cache(tiny_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp("shared-cache")
     root = tmp_path_factory.mktemp("warm")
     args = tiny_args(root, tiny_dir, "search.n_trials=0", f"paths.cache={cache}")
-    subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=REPO, check=True,
+    subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=WORK, check=True,
                    capture_output=True, timeout=600)  # fmt: skip
     return cache
 
@@ -104,7 +104,7 @@ def start(root: Path, model: Path, cache: Path, *extra: str) -> subprocess.Popen
     args = tiny_args(root, model, f"paths.cache={cache}", *extra)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "steerlab", *args], cwd=REPO, env=env, text=True,
+        [sys.executable, "-m", "steerlab", *args], cwd=WORK, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 

@@ -80,7 +80,9 @@ def from_folder(folder: Path, store: str | Path | None = None) -> Found:
 
 
 def _stores_of(folder: Path, configs: list[Path]) -> list[Store]:
-    """Where this sweep logged: its configs' tracking.uri or paths.root, existing stores only."""
+    """Where this sweep logged, existing stores only: its configs' tracking.uri, an absolute
+    paths.root, or the root above its `multirun/<model>/<trait>/<tag>/` folder. Never the
+    current directory: a store that happens to be there belongs to other sweeps."""
     from omegaconf import OmegaConf
 
     out: list[Store] = []
@@ -93,7 +95,6 @@ def _stores_of(folder: Path, configs: list[Path]) -> list[Store]:
         out += [root] if root.is_absolute() else []
     if len(folder.parents) > 4 and folder.parents[3].name == "multirun":
         out.append(folder.parents[4])
-    out.append(Path.cwd())
     seen: list[Store] = []
     for s in out:
         if isinstance(s, Path):

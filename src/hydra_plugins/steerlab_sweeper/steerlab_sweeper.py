@@ -62,12 +62,22 @@ class SteerlabSweeper(Sweeper):
         self.runner = Runner()  # models and setups shared by every study of this sweep
 
     def sweep(self, arguments: list[str]) -> list[Any]:
+        from steerlab.search.stop import Stopped, on_signals
         from steerlab.search.sweep import run_study
 
         summaries = []
-        for combo in combos(arguments, self.params, self.arms):
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, combo)
-            summaries.append(run_study(self.runner, cfg, " ".join(combo)))
+        try:
+            with on_signals():  # SIGTERM / SIGINT: trials in flight go back to the study
+                for combo in combos(arguments, self.params, self.arms):
+                    cfg = self.hydra_context.config_loader.load_sweep_config(self.config, combo)
+                    summaries.append(run_study(self.runner, cfg, " ".join(combo)))
+        except Stopped as e:
+            print(
+                f"steerlab: {e}: trials in flight were given back to the study; run the same "
+                "command again to resume",
+                file=sys.stderr,
+            )
+            sys.exit(e.code)
         from steerlab.errors import InfraError
 
         errors = [s.error for s in summaries if s.error]

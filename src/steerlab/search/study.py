@@ -160,8 +160,26 @@ def _password(url: str) -> str | None:
         return None
 
 
+POOL = {"pool_size": 2, "max_overflow": 2}  # a worker holds at most 4 server connections
+_OPEN: dict[tuple[str, int, int], optuna.storages.BaseStorage] = {}  # one engine per process
+
+
 def open_storage(cfg: DictConfig, url: str) -> optuna.storages.BaseStorage:
-    """The storage behind `url`, reachable, or a one-line error naming it (password masked)."""
+    """The storage behind `url`, reachable, or a one-line error naming it (password masked).
+
+    A database is opened once per process (every study of a sweep shares its pooled engine):
+    connections are checked before use (`pool_pre_ping`), so one the server dropped after a long
+    idle period, or a server restart, is replaced instead of failing the next query, and the
+    pool is bounded (`POOL`: at most 4 connections per worker, heartbeats included)."""
+    if url.startswith(("sqlite", "journal:")):  # files: nothing to pool
+        return _open_storage(cfg, url)
+    key = (url, int(cfg.search.heartbeat_interval), int(cfg.search.grace_period))
+    if key not in _OPEN:
+        _OPEN[key] = _open_storage(cfg, url)
+    return _OPEN[key]
+
+
+def _open_storage(cfg: DictConfig, url: str) -> optuna.storages.BaseStorage:
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -178,7 +196,9 @@ def open_storage(cfg: DictConfig, url: str) -> optuna.storages.BaseStorage:
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     url,
-                    engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True},
+                    engine_kwargs=None
+                    if url.startswith("sqlite")
+                    else {"pool_pre_ping": True, "pool_recycle": 1800, **POOL},
                     heartbeat_interval=int(cfg.search.heartbeat_interval),
                     grace_period=int(cfg.search.grace_period),
                     heartbeat_stale_trial_callback=_Retry(),

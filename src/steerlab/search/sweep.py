@@ -37,6 +37,7 @@ from steerlab.records import Trial
 from steerlab.search import points, recovery, runs
 from steerlab.search import study as st
 from steerlab.search.pareto import frontier, plot_frontier, plot_layer_coef_map
+from steerlab.search.stop import Stopped
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
 from steerlab.search.summary import Progress, summary_text
 
@@ -145,6 +146,10 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                         strategy.tell(study, t, scores, search.coherence_min, multi)
                     pending.remove(t)
                     timing.mark("first_trial")
+        except Stopped as e:  # told to stop (SIGTERM, SIGINT): the others re-try them now
+            _give_back(cfg, study, pending, parent, str(e))
+            log.error("%s; %d trial(s) given back to the study", e, len(pending))
+            raise
         except INFRA as e:  # judge down, disk full...: give the trials back
             why = secret_free(e, cfg)
             for t in pending:
@@ -182,6 +187,20 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
             f"({not_logged}); run the same command again to log them from their folders"
         )
     return summary
+
+
+def _give_back(
+    cfg: DictConfig, study: optuna.Study, pending: list[Any], parent: str | None, why: str
+) -> None:
+    """Close this worker's trials in flight as interrupted (queued again at once, not counted)
+    and the MLflow child runs a half-recorded one left RUNNING (KILLED, tagged interrupted)."""
+    for t in pending:
+        with contextlib.suppress(*INFRA):
+            st.give_back(study, t, why)
+    if parent and cfg.tracking.enabled:
+        others = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        with contextlib.suppress(Exception):  # the store is down: the next run closes them
+            runs.close_orphans(tracking.store_of(cfg), parent, others)
 
 
 def _infra(e: BaseException) -> bool:
