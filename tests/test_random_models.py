@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import WORK, run_steerlab
+from conftest import REPO, WORK, run_steerlab
 from steerlab.models import SHAPES, ModelError, byte_tokenizer, load_model, shape_of
 
 STUDY = [
@@ -114,7 +114,7 @@ def test_a_whole_study_runs_on_random_models_with_a_random_hf_judge(tmp_path):
 @pytest.mark.slow
 def test_the_sweep_bench_runs_its_studies_and_prints_its_line(tmp_path):
     r = subprocess.run(
-        [sys.executable, "bench/sweep_bench.py", "--tiny", "--studies", "natural",
+        [sys.executable, str(REPO / "bench/sweep_bench.py"), "--tiny", "--studies", "natural",
          "--out", str(tmp_path)],
         cwd=WORK, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

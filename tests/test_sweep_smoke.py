@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import loop_bootstrap, run_steerlab, tiny_args
+from conftest import run_steerlab, t_interval, tiny_args
 
 
 def sweep(root: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -43,9 +43,9 @@ def test_sweep_runs_records_and_resumes_on_a_tiny_model(tmp_path, tiny_dir):
         assert f"layer: {r['layer']}" in (job / "config.yaml").read_text()
         answers = [json.loads(line) for line in (job / "responses.jsonl").read_text().splitlines()]
         assert len(answers) == 2
-        # 95% bootstrap CIs over the questions, beside the means (a loop bootstrap, seed 0)
+        # 95% CIs over the questions, beside the means (Student t, written out in conftest)
         for name in ("trait", "coherence"):
-            lo, hi = loop_bootstrap([a[name] for a in answers])
+            lo, hi = t_interval([a[name] for a in answers])
             assert (r[f"{name}_lo"], r[f"{name}_hi"]) == pytest.approx((lo, hi))
         assert r["delta_lo"] <= r["delta"] <= r["delta_hi"]
     # the best valid trial re-measured on held-out questions the search never asked

@@ -1,15 +1,20 @@
 """Uncertainty on a synthetic MLflow store with known per-question scores: every interval, p-value,
-winner, "n/a" ratio and borderline mark in the report is recomputed here independently (a plain
-loop bootstrap with the same seed, an explicit enumeration of sign patterns)."""
+winner, "n/a" ratio and borderline mark in the report is recomputed here independently (the
+Student t interval written out with `statistics`, an explicit enumeration of sign patterns), and
+`steerlab.stats` is checked against direct scipy calls and the intervals' properties."""
 
 from __future__ import annotations
 
 import itertools
+import math
+import random
 import statistics
 
+import numpy as np
 import pytest
+from scipy import stats as sps
 
-from conftest import loop_bootstrap as boot
+from conftest import t_interval as boot
 from steerlab import records, stats, tracking
 from steerlab.records import Trial
 from steerlab.report.cli import main
@@ -143,19 +148,67 @@ def _row(md, section, first):
 
 def test_stats_match_independent_computation():
     x = [3.0, 7.0, 1.0, 9.0, 4.0, 4.5, 8.0, 2.0]
-    assert stats.bootstrap_ci(x) == pytest.approx(boot(x), abs=1e-12)
-    assert stats.bootstrap_ci(x, seed=3) == pytest.approx(boot(x, seed=3), abs=1e-12)
-    assert stats.bootstrap_ci([5.0]) == (5.0, 5.0) and stats.bootstrap_ci([]) is None
-    for d in ([1.0, 2.0, 3.0, 4.0], [2.0, -1.0, 0.5, 3.0, -0.2], EVIL_NAT, SYC_NAT):
+    assert stats.mean_ci(x) == pytest.approx(boot(x), abs=1e-12)
+    direct = sps.ttest_1samp(x, 0.0).confidence_interval(0.95)
+    assert stats.mean_ci(x) == pytest.approx((direct.low, direct.high), abs=1e-12)
+    assert stats.mean_ci(x, level=0.8) == pytest.approx(boot(x, level=0.8), abs=1e-12)
+    assert stats.mean_ci([5.0]) == (5.0, 5.0) and stats.mean_ci([]) is None
+    assert stats.mean_ci([2.5] * 6) == (2.5, 2.5)  # all equal: no spread
+    assert stats.mean_ci([1.0, float("nan"), None, 3.0]) == pytest.approx(boot([1.0, 3.0]))
+    for d in ([1.0, 2.0, 3.0, 4.0], [2.0, -1.0, 0.5, 3.0, -0.2], EVIL_NAT, SYC_NAT, [7.0]):
         assert stats.sign_flip_p(d) == pytest.approx(perm_p(d), abs=1e-12)
     assert stats.sign_flip_p([1.0, 2.0, 3.0, 4.0]) == 2 / 16  # only all-+ and all-− reach it
+    assert stats.sign_flip_p([]) == 1.0 and stats.sign_flip_p([0.0, 0.0, 0.0]) == 1.0
     # rollouts of a question are averaged before questions are resampled
-    # a winner needs both: this CI excludes 0 (too narrow at n=8), the permutation test does not
+    # the t interval is wide enough on its own: these 8 differences once had a percentile
+    # bootstrap CI below 0 while the permutation test said p > 0.05; now neither calls them
     d = [-40.0, -35.0, -30.0, -25.0, 5.0, 3.0, -1.0, 2.0]
     p = stats.paired(dict(enumerate(d)), dict.fromkeys(range(8), 0.0))
-    assert boot(d)[1] < 0 and perm_p(d) > 0.05 and not p.detected
+    assert p.ci == pytest.approx(boot(d)) and boot(d)[0] < 0 < boot(d)[1]
+    assert perm_p(d) > 0.05 and not p.detected
+    d = [a - b for a, b in zip(EVIL_NAT, EVIL_INST, strict=True)]
+    p = stats.paired(dict(enumerate(EVIL_NAT)), dict(enumerate(EVIL_INST)))
+    assert (p.diff, p.n) == (statistics.fmean(d), 8) and p.detected and boot(d)[0] > 0
+    assert p.p == pytest.approx(perm_p(d))
     rows = [{"question": "a", "trait": 10}, {"question": "a", "trait": 30}, {"question": "b"}]
     assert stats.per_question(rows, "trait") == {"a": 20.0}
+
+
+def test_interval_properties():
+    rng = random.Random(0)
+    for n in (2, 3, 4, 8, 14, 20):
+        x = [rng.uniform(0, 100) for _ in range(n)]
+        lo, hi = stats.mean_ci(x)
+        assert lo < statistics.fmean(x) < hi
+        assert hi - statistics.fmean(x) == pytest.approx(statistics.fmean(x) - lo)  # symmetric
+        narrower = stats.mean_ci(x, level=0.9)
+        assert lo < narrower[0] < narrower[1] < hi
+    # the same spread over more questions: narrower (t quantile and sqrt(n) both shrink)
+    base = [10.0, 40.0, 25.0, 70.0]
+    widths = [(lambda c: c[1] - c[0])(stats.mean_ci(base * k)) for k in (1, 2, 4, 8)]
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == 4
+    # two values: the t interval with one degree of freedom (12.7 standard errors each side)
+    lo, hi = stats.mean_ci([1.0, 2.0])
+    assert (hi - lo) / 2 == pytest.approx(sps.t.ppf(0.975, 1) * 0.5)
+
+
+def test_sign_flip_p_is_exact_enumeration_then_seeded_sampling():
+    rng = np.random.default_rng(1)
+    for n in (2, 3, 6, 10):
+        d = list(rng.normal(1.0, 3.0, n))
+        assert stats.sign_flip_p(d) == pytest.approx(perm_p(d), abs=1e-12)
+        assert stats.sign_flip_p(d, seed=5) == stats.sign_flip_p(d)  # exact: no draws
+    # ties count: flipping a 0 keeps |mean| (4 of 8 patterns); so does a pattern equal to the
+    # observed one only up to rounding (|0.1 + 0.2 - 0.3 - 0.4| is 2.8e-17 below |sum(d)|)
+    assert stats.sign_flip_p([0.0, 1.0, 2.0]) == perm_p([0.0, 1.0, 2.0]) == 4 / 8
+    d = [0.1, 0.2, -0.3, 0.4]
+    assert stats.sign_flip_p(d) == pytest.approx(perm_p(d), abs=1e-12) and perm_p(d) > 2 / 16
+    # above EXACT_MAX questions: n_perm seeded random patterns, (hits + 1) / (n_perm + 1)
+    d = list(rng.normal(0.6, 3.0, stats.EXACT_MAX + 1))
+    p = stats.sign_flip_p(d)
+    assert p == stats.sign_flip_p(d, seed=0) and p != stats.sign_flip_p(d, seed=1)
+    assert math.isclose(p * (stats.N_BOOT + 1), round(p * (stats.N_BOOT + 1)), abs_tol=1e-6)
+    assert p == pytest.approx(perm_p(d), abs=0.02)  # 10,000 draws: sd ~0.005 around the exact p
 
 
 def test_trial_intervals_come_from_per_question_scores():

@@ -31,7 +31,7 @@ METHODS = ("mean_diff", "probe")
 HIGH_COHERENCE = 85.0  # the Pareto note's threshold (metric best_delta_at_coherence_85)
 HIGH_COHERENCE_METRIC = f"best_delta_at_coherence_{HIGH_COHERENCE:g}"
 DEFAULT_COHERENCE_MIN = 70.0
-CI_COLUMNS = tuple(f"{k}_{end}" for k in SCORES for end in ("lo", "hi"))  # 95% bootstrap bounds
+CI_COLUMNS = tuple(f"{k}_{end}" for k in SCORES for end in ("lo", "hi"))  # 95% CI bounds
 COLUMNS = ("trial", "layer", "coef", "weights", *SCORES, "valid", *CI_COLUMNS)
 ENSEMBLE_SAMPLER = "cmaes_ensemble"
 

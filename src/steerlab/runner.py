@@ -286,7 +286,7 @@ def weights(steer: SteeringConfig) -> list[tuple[int, float]]:
 
 
 def metrics_of(result: Result, setup: Setup) -> dict[str, float]:
-    """Means, and their 95% bootstrap intervals over the questions (`trait_lo`, ...)."""
+    """Means, and their 95% intervals over the questions (`trait_lo`, ...)."""
     cis = score_intervals(result.rows, setup.base.rows)
     return {
         "trait": result.trait,

@@ -147,8 +147,8 @@ def section_combinations(report: Report) -> list[str]:
         "Search Δ: each sweep's best valid trial on the search questions (the best of its "
         "trials, optimistic). Held-out Δ: that trial re-measured on questions no search asked. "
         "The paired column is this configuration minus the best single over the same held-out "
-        "questions (95% bootstrap CI, sign-flip p); `this` or `best single` is named only when "
-        "the CI excludes 0 and p < 0.05.",
+        "questions (95% Student-t CI, sign-flip permutation p); `this` or `best single` is "
+        "named when the CI excludes 0.",
         "",
     ]
     by_group: dict[str, list[Sweep]] = {}

@@ -33,13 +33,12 @@ def section_cross(keys: list[Key], rows: list[uq.Cross]) -> list[str]:
         "Each source's best configuration is chosen by its search score (the best valid trial "
         "on the search questions), then stated as **re-measured on held-out questions** "
         "(`confirm.*`), Δ over the unsteered answers to the same questions, with a 95% "
-        "bootstrap CI over questions; `search` marks a number with no confirmation (optimistic: "
+        "Student-t CI over questions; `search` marks a number with no confirmation (optimistic: "
         "the best of many on the questions that scored it). Natural − Instruction is paired "
-        "over the same held-out questions (bootstrap CI, sign-flip permutation p). A winner is "
-        "named only when that CI excludes 0 and p < 0.05 (at 8 questions the percentile "
-        "bootstrap alone is too narrow). Natural % = natural Δ / instruction Δ, only where "
-        "the instruction Δ's CI lies above 0. Baseline: mean `baseline_trait` of the trait's "
-        "sweeps (search questions), and the unsteered mean on the held-out questions."
+        "over the same held-out questions (t CI, and a sign-flip permutation p shown beside "
+        "it). A winner is named when that CI excludes 0. Natural % = natural Δ / instruction Δ, "
+        "only where the instruction Δ's CI lies above 0. Baseline: mean `baseline_trait` of the "
+        "trait's sweeps (search questions), and the unsteered mean on the held-out questions."
     )
     out.append("")
     body = []
@@ -265,7 +264,7 @@ def section_full(keys: list[Key]) -> list[str]:
             )
         out += [f"### {group}{note}", ""] + table(header, rows) + [""]
     what = (
-        "Best valid trial of each key by search score. CIs: 95% bootstrap over questions (Δ "
+        "Best valid trial of each key by search score. CIs: 95% Student t over questions (Δ "
         "paired with the unsteered answer to each question). Held-out Δ: that trial "
         "re-measured on the questions the search never asked. Best's validity: `borderline` "
         "when its coherence CI straddles `search.coherence_min`."

@@ -1,8 +1,9 @@
 """The numbers the report states and how sure they are: each chosen configuration's confirmed
 delta (its held-out re-measurement, else its search score, marked), paired comparisons of two
 configurations over the same held-out questions, the decisions drawn from them (a winner only
-when the 95% CI of the difference excludes 0 and p < 0.05; "Natural %" only over an instruction
-delta whose CI lies above 0), and the summary paragraph the report opens with. Pure: no I/O."""
+when the 95% CI of the difference excludes 0, its permutation p shown beside it; "Natural %"
+only over an instruction delta whose CI lies above 0), and the summary paragraph the report
+opens with. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ class Cross:
     inst: tuple[Key, Score, Sweep] | None
     nat: tuple[Key, Score, Sweep] | None
 
-    @cached_property  # a bootstrap and a permutation test: computed once
+    @cached_property  # an interval and a permutation test: computed once
     def paired(self) -> Paired | None:
         return compare(self.nat[1] if self.nat else None, self.inst[1] if self.inst else None)
 
@@ -198,9 +199,9 @@ def summary(rows: list[Cross], keys: Iterable[Key] = ()) -> list[str]:
     won = sum(1 for c in both if c.paired and c.paired.detected)
     lead = (
         f"Natural vs instruction vectors, each source's best configuration re-measured on "
-        f"held-out questions (Δ over the unsteered baseline, 95% bootstrap CI; `search` marks "
+        f"held-out questions (Δ over the unsteered baseline, 95% Student-t CI; `search` marks "
         f"an unconfirmed search score): a winner is named for {won} of {len(both)} trait(s), "
-        "where the CI of the paired difference excludes 0 and its permutation p < 0.05."
+        "where the CI of the paired difference excludes 0 (sign-flip permutation p beside it)."
     )
     shrunk = shrinkage(keys)
     return [lead, "", *(f"- {x}." for x in parts), "", *([shrunk, ""] if shrunk else [])]
