@@ -11,13 +11,14 @@ OUT    ?= docs/report
 N      ?= 2
 PGDIR  ?= /tmp/steerlab-postgres
 PGPORT ?= 5433
+SLURMDIR ?= /tmp/steerlab-slurm
 STORE  ?= sqlite:///$(abspath $(ROOT))/mlruns/mlflow.db
 # llama.cpp's OpenAI-compatible server, used by the judge integration test (built once, ~7 min)
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run experiments report test test-fast lint ui bench clean workers postgres \
-	postgres-stop mlflow-server
+	postgres-stop mlflow-server slurm slurm-stop
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,6 +46,11 @@ $(VENV)/.chromium:  # the real browser the screenshot test and tools/screenshots
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@mkdir -p $(VENV) && touch $@
 
+$(VENV)/.slurm:  # the one-node SLURM cluster the cluster-path tests start (Debian's slurm-wlm, munge)
+	@test -x /usr/sbin/slurmctld -a -x /usr/sbin/munged || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; }
+	@mkdir -p $(VENV) && touch $@
+
 setup: $(VENV)/.installed  ## create .venv and install everything (idempotent)
 
 run: setup  ## the main job: search layer x coef for evil on the embedded model (ARGS=... to add overrides)
@@ -58,15 +64,16 @@ experiments: setup  ## model_diff, then combinations and ensembles, into ROOT (S
 report: setup  ## the Markdown report of ROOT's MLflow store into OUT (default docs/report)
 	$(PY) -m steerlab.report --root $(ROOT) --experiment model_diff --out $(OUT)
 
-test: setup $(VENV)/.server $(VENV)/.postgres $(VENV)/.chromium  ## every test, including the real-server and embedded-model ones
+test: setup $(VENV)/.server $(VENV)/.postgres $(VENV)/.chromium $(VENV)/.slurm  ## every test, including the real-server and embedded-model ones
 	$(PY) -m pytest $(ARGS)
 
 test-fast: setup  ## unit tests on tiny random models only
 	$(PY) -m pytest -m "not slow and not server" $(ARGS)
 
-lint: setup  ## ruff
+lint: setup  ## ruff, import-linter contracts (pyproject.toml)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports --no-cache
 
 ui: setup  ## MLflow UI on http://127.0.0.1:PORT for ROOT/mlruns (or STORE=postgresql+psycopg://...); Ctrl-C stops it
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) \
@@ -81,6 +88,12 @@ postgres:  ## a local PostgreSQL server (PGDIR, PGPORT); prints the search.stora
 
 postgres-stop:  ## stop it
 	scripts/postgres.sh stop $(PGDIR)
+
+slurm: $(VENV)/.slurm  ## a one-node SLURM cluster on this machine (SLURMDIR); prints its SLURM_CONF
+	@scripts/slurm.sh start $(SLURMDIR)
+
+slurm-stop:  ## stop the cluster `make slurm` started
+	@scripts/slurm.sh stop $(SLURMDIR)
 
 mlflow-server: setup  ## MLflow server on http://127.0.0.1:PORT, PostgreSQL store, artifacts proxied (ROOT/mlartifacts)
 	@scripts/postgres.sh start $(PGDIR) $(PGPORT) >/dev/null

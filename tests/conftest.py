@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -215,21 +216,23 @@ def user_root(tmp_path_factory) -> Path:
     return root
 
 
-def loop_bootstrap(values, seed=0, n_boot=10_000, level=0.95):
-    """The percentile bootstrap of the mean, written as a plain loop with linear interpolation:
-    what the tests check `steerlab.stats.bootstrap_ci` (and every interval) against."""
-    import numpy as np
+def t_interval(values, level=0.95):
+    """Student's t interval of the mean, written out: mean +- t((1 + level) / 2, n - 1) * s /
+    sqrt(n) with `statistics` (s: the n - 1 standard deviation) and scipy's t quantile; one value
+    or all equal: (x, x). What the tests check `steerlab.stats.mean_ci` (and every
+    interval) against."""
+    import math
+    import statistics
 
-    rng = np.random.default_rng(seed)
-    n = len(values)
-    means = sorted(sum(values[int(i)] for i in rng.integers(0, n, n)) / n for _ in range(n_boot))
+    from scipy.stats import t
 
-    def quantile(p):
-        h = (len(means) - 1) * p
-        lo = int(h)
-        return means[lo] + (h - lo) * (means[min(lo + 1, len(means) - 1)] - means[lo])
-
-    return quantile((1 - level) / 2), quantile((1 + level) / 2)
+    m = statistics.fmean(values)
+    if len(set(values)) == 1:
+        return values[0], values[0]
+    half = (
+        t.ppf((1 + level) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    )
+    return m - half, m + half
 
 
 # ---------------------------------------------------------------- OpenAI-compatible endpoints
@@ -345,3 +348,78 @@ def llama_server() -> Iterator[str]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+# ---------------------------------------------------------------- shared study servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server on a free port (scripts/postgres.sh; as root it runs as the
+    `postgres` user, so its folder lives outside pytest's private tmp)."""
+    folder = Path(tempfile.mkdtemp(prefix="steerlab-pg-"))
+    folder.chmod(0o755)
+    port = free_port()
+    url = subprocess.run(
+        [str(REPO / "scripts" / "postgres.sh"), "start", str(folder), str(port)],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout.strip()  # fmt: skip
+    yield {"url": url, "port": port, "dir": folder}
+    subprocess.run([str(REPO / "scripts" / "postgres.sh"), "stop", str(folder)], timeout=60)
+
+
+@pytest.fixture
+def pg_url(postgres, request) -> str:
+    """A fresh database of that server for one test: studies of other tests never meet."""
+    import psycopg
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
+    admin = f"host=127.0.0.1 port={postgres['port']} user=steerlab dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name}")
+        c.execute(f"CREATE DATABASE {name}")
+    return postgres["url"].rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    """`make mlflow-server`: MLflow over the PostgreSQL store, artifacts proxied."""
+    port = free_port()
+    root = tmp_path_factory.mktemp("mlflow-server")
+    proc = subprocess.Popen(
+        ["make", "-s", "-C", str(REPO), "mlflow-server", f"PORT={port}", f"ROOT={root}",
+         f"PGDIR={postgres['dir']}", f"PGPORT={postgres['port']}"],
+        cwd=WORK, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env=os.environ | {"MAKEFLAGS": ""},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5):
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("mlflow server did not come up within 180 s")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_dir, tmp_path_factory):
+    """A cache every worker shares, filled once (elicitation, judge fit, baseline)."""
+    cache = tmp_path_factory.mktemp("shared-cache")
+    root = tmp_path_factory.mktemp("warm")
+    args = tiny_args(root, tiny_dir, "search.n_trials=0", f"paths.cache={cache}")
+    subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=WORK, check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+    return cache

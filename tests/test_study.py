@@ -65,7 +65,7 @@ def test_dead_workers_trials_are_closed_and_retried_live_ones_untouched(tmp_path
     assert st.n_failed(again) == (1, 1)
     [retry] = again.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     assert retry.params == killed.params  # re-tried: no budget lost
-    assert len(cfg.search.enqueue) == 1 and st.in_flight(again) == 1  # enqueued only once
+    assert len(cfg.search.enqueue) == 1 and len(st.running(again)) == 1  # enqueued only once
     assert st.WORKER not in retry.user_attrs  # not the dead worker's any more
     # a live worker pops the retry; before it tags it, another worker looks for dead ones
     [popped] = strategy.propose(again, 1)
@@ -83,7 +83,7 @@ def test_surplus_trials_beyond_the_budget_are_given_back(tmp_path):
     kept = st.release_surplus(study, mine, total=3)
     assert [t.number for t in kept] == [mine[0].number]  # lowest numbers fit the budget
     assert study.get_trials(deepcopy=False)[mine[1].number].state == TrialState.PRUNED
-    assert st.counted(study) == 0 and st.in_flight(study) == 3 and len(first) == 2
+    assert st.counted(study) == 0 and len(st.running(study)) == 3 and len(first) == 2
 
 
 def test_records_carry_the_steering_each_trial_evaluated(tmp_path):

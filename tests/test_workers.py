@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -26,78 +23,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from conftest import REPO, WORK, tiny_args
 
 pytestmark = pytest.mark.server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A real PostgreSQL server on a free port (scripts/postgres.sh; as root it runs as the
-    `postgres` user, so its folder lives outside pytest's private tmp)."""
-    folder = Path(tempfile.mkdtemp(prefix="steerlab-pg-"))
-    folder.chmod(0o755)
-    port = _free_port()
-    url = subprocess.run(
-        [str(REPO / "scripts" / "postgres.sh"), "start", str(folder), str(port)],
-        capture_output=True, text=True, check=True, timeout=120,
-    ).stdout.strip()  # fmt: skip
-    yield {"url": url, "port": port, "dir": folder}
-    subprocess.run([str(REPO / "scripts" / "postgres.sh"), "stop", str(folder)], timeout=60)
-
-
-@pytest.fixture
-def pg_url(postgres, request) -> str:
-    """A fresh database of that server for one test: studies of other tests never meet."""
-    import psycopg
-
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
-    admin = f"host=127.0.0.1 port={postgres['port']} user=steerlab dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name}")
-        c.execute(f"CREATE DATABASE {name}")
-    return postgres["url"].rsplit("/", 1)[0] + f"/{name}"
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(postgres, tmp_path_factory):
-    """`make mlflow-server`: MLflow over the PostgreSQL store, artifacts proxied."""
-    port = _free_port()
-    root = tmp_path_factory.mktemp("mlflow-server")
-    proc = subprocess.Popen(
-        ["make", "-s", "mlflow-server", f"PORT={port}", f"ROOT={root}",
-         f"PGDIR={postgres['dir']}", f"PGPORT={postgres['port']}"],
-        cwd=WORK, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, env=os.environ | {"MAKEFLAGS": ""},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5):
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        os.killpg(proc.pid, signal.SIGTERM)
-        pytest.fail("mlflow server did not come up within 180 s")
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_dir, tmp_path_factory):
-    """A cache every worker shares, filled once (elicitation, judge fit, baseline)."""
-    cache = tmp_path_factory.mktemp("shared-cache")
-    root = tmp_path_factory.mktemp("warm")
-    args = tiny_args(root, tiny_dir, "search.n_trials=0", f"paths.cache={cache}")
-    subprocess.run([sys.executable, "-m", "steerlab", *args], cwd=WORK, check=True,
-                   capture_output=True, timeout=600)  # fmt: skip
-    return cache
 
 
 def start(root: Path, model: Path, cache: Path, *extra: str) -> subprocess.Popen:
@@ -124,7 +49,10 @@ def the_study(storage) -> optuna.Study:
     """The one study of a storage (one storage object per URL: polling must not open a new
     connection pool each time)."""
     if isinstance(storage, str):
-        storage = _STORAGES.setdefault(storage, optuna.storages.get_storage(storage))
+        if storage not in _STORAGES:  # pre-pinged: it outlives a server restart
+            kwargs = {} if storage.startswith("sqlite") else {"pool_pre_ping": True}
+            _STORAGES[storage] = optuna.storages.RDBStorage(storage, engine_kwargs=kwargs)
+        storage = _STORAGES[storage]
     [summary] = optuna.get_all_study_summaries(storage)
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
@@ -137,17 +65,19 @@ def complete(study: optuna.Study):
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def mlflow_runs(uri: str):
+def mlflow_runs(uri: str, experiment: str | None = None):
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    exps = [e.experiment_id for e in client.search_experiments()]
+    exps = [e.experiment_id for e in client.search_experiments()
+            if experiment in (None, e.name)]  # fmt: skip
     return client.search_runs(exps, max_results=1000)
 
 
-def check_runs(uri: str, n: int) -> None:
-    """One sweep parent, n finished trial runs under it, nothing RUNNING."""
-    runs = mlflow_runs(uri)
+def check_runs(uri: str, n: int, experiment: str | None = None) -> None:
+    """One sweep parent, n finished trial runs under it, nothing RUNNING (in `experiment`, or
+    in the whole store)."""
+    runs = mlflow_runs(uri, experiment)
     parents = [r for r in runs if r.data.tags.get("steerlab.kind") == "sweep"]
     kids = [r for r in runs if r.data.tags.get("steerlab.kind") == "trial"]
     assert len(parents) == 1

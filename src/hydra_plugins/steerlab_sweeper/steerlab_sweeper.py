@@ -73,8 +73,8 @@ class SteerlabSweeper(Sweeper):
                     summaries.append(run_study(self.runner, cfg, " ".join(combo)))
         except Stopped as e:
             print(
-                f"steerlab: {e}: trials in flight were given back to the study; run the same "
-                "command again to resume",
+                f"steerlab: {e}: {e.given_back} trial(s) in flight given back to the study; "
+                "run the same command again to resume",
                 file=sys.stderr,
             )
             sys.exit(e.code)

@@ -1,10 +1,12 @@
 """A worker told to stop: SLURM's preemption, `scancel` or a time limit (SIGTERM, then SIGKILL
 after `KillWait`, 30 s by default), or Ctrl-C (SIGINT).
 
-The first signal raises `Stopped` where the worker is (mid-generation included); the sweep gives
-its trials in flight back to the study at once, with the reason, so other workers re-try them
-without waiting for `search.grace_period`, and the process exits with 128 + the signal's number
-(143 for SIGTERM, 130 for SIGINT). A second signal exits at once.
+The first signal raises `Stopped` where the worker is (mid-generation included), except inside
+`held()`, which delays it to the block's end: between asking a trial and tagging it with its
+worker a stop would leave a trial nobody can name as this worker's. The sweep then gives every
+trial this worker has in flight back to the study at once, with the reason, so other workers
+re-try them without waiting for `search.grace_period`, and the process exits with 128 + the
+signal's number (143 for SIGTERM, 130 for SIGINT). A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -19,11 +21,18 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Stopped(BaseException):  # noqa: N818 - not an error: what `except Exception` must not eat
-    """The worker was told to stop by a signal."""
+    """The worker was told to stop by a signal; `given_back` counts the trials it returned."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.code = 128 + signum
+        self.given_back = 0
+
+
+class _State:
+    told: list[int] = []  # signals received inside on_signals()
+    holding = 0  # depth of held() blocks
+    due: int | None = None  # a signal that arrived while held
 
 
 @contextmanager
@@ -32,13 +41,16 @@ def on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    told: list[int] = []
+    _State.told, _State.holding, _State.due = [], 0, None
 
     def handler(signum: int, frame: object) -> None:
-        if told:  # told twice: no more cleaning up
+        if _State.told:  # told twice: no more cleaning up
             os._exit(128 + signum)
-        told.append(signum)
-        raise Stopped(signum)
+        _State.told.append(signum)
+        if _State.holding:
+            _State.due = signum
+        else:
+            raise Stopped(signum)
 
     before = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
@@ -46,3 +58,16 @@ def on_signals() -> Iterator[None]:
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Delay a stop to the end of the block (which should be short)."""
+    _State.holding += 1
+    try:
+        yield
+    finally:
+        _State.holding -= 1
+        if not _State.holding and _State.due is not None:
+            signum, _State.due = _State.due, None
+            raise Stopped(signum)

@@ -179,6 +179,15 @@ def open_storage(cfg: DictConfig, url: str) -> optuna.storages.BaseStorage:
     return _OPEN[key]
 
 
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    """Bounded and pre-pinged; on PostgreSQL each connection names its worker for the server's
+    administrator (`pg_stat_activity.application_name`: `steerlab <host>:<pid>`)."""
+    named = {"connect_args": {"application_name": f"steerlab {worker_id()}"[:63]}}
+    return {"pool_pre_ping": True, "pool_recycle": 1800, **POOL} | (
+        named if url.startswith("postgresql") else {}
+    )
+
+
 def _open_storage(cfg: DictConfig, url: str) -> optuna.storages.BaseStorage:
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
@@ -196,9 +205,7 @@ def _open_storage(cfg: DictConfig, url: str) -> optuna.storages.BaseStorage:
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     url,
-                    engine_kwargs=None
-                    if url.startswith("sqlite")
-                    else {"pool_pre_ping": True, "pool_recycle": 1800, **POOL},
+                    engine_kwargs=None if url.startswith("sqlite") else _engine_kwargs(url),
                     heartbeat_interval=int(cfg.search.heartbeat_interval),
                     grace_period=int(cfg.search.grace_period),
                     heartbeat_stale_trial_callback=_Retry(),
@@ -416,8 +423,8 @@ def heartbeats(handle: Handle, trials: Sequence[Any]) -> Iterator[None]:
         thread.join()
 
 
-def in_flight(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+def running(study: optuna.Study) -> set[int]:
+    return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
 
 
 def counted(study: optuna.Study) -> int:

@@ -37,7 +37,7 @@ from steerlab.records import Trial
 from steerlab.search import points, recovery, runs
 from steerlab.search import study as st
 from steerlab.search.pareto import frontier, plot_frontier, plot_layer_coef_map
-from steerlab.search.stop import Stopped
+from steerlab.search.stop import Stopped, held
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
 from steerlab.search.summary import Progress, summary_text
 
@@ -100,31 +100,34 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
     repeated = 0  # asks in a row that found only points the study already has
     progress = Progress(total, int(search.batch_size), len(setup.questions))
     not_logged = recovery.log_missing(cfg, study, parent, sweep_dir, setup, params)  # earlier runs'
-    while True:
-        recovery.adopt(study, strategy, base, sweep_dir, float(search.coherence_min), multi)
-        st.close_dead(study)
-        done, flying = st.counted(study), st.in_flight(study)
-        if done >= total:
-            break
-        left = total - done - flying
-        t_ask = time.perf_counter()
-        trials = strategy.propose(study, min(search.batch_size, left)) if left > 0 else []
-        for t in trials:
-            t.set_user_attr(st.WORKER, st.worker_id())
-        fresh = points.drop_repeats(study, trials)  # a point another trial has: asked again
-        repeated = repeated + 1 if trials and not fresh else 0
-        trials = st.release_surplus(study, fresh, total)
-        if not trials:
-            if 0 < repeated <= MAX_REPEATS:
+    pending: list[Any] = []
+    try:
+        while True:
+            recovery.adopt(study, strategy, base, sweep_dir, float(search.coherence_min), multi)
+            st.close_dead(study)
+            done, flying = st.counted(study), len(st.running(study))
+            if done >= total:
+                break
+            left = total - done - flying
+            t_ask = time.perf_counter()
+            with held():  # a stop waits until what was asked carries this worker's name
+                trials = strategy.propose(study, min(search.batch_size, left)) if left > 0 else []
+                for t in trials:
+                    t.set_user_attr(st.WORKER, st.worker_id())
+                pending = list(trials)  # asked, not yet told: what a stop gives back
+            fresh = points.drop_repeats(study, trials)  # a point another trial has: asked again
+            repeated = repeated + 1 if trials and not fresh else 0
+            trials = st.release_surplus(study, fresh, total)
+            if not trials:
+                if 0 < repeated <= MAX_REPEATS:
+                    continue
+                if len(st.running(study)) == 0 and left > 0:
+                    break  # the strategy has nothing left to propose
+                time.sleep(POLL)  # other workers' trials in flight: finish them if they die
                 continue
-            if st.in_flight(study) == 0 and left > 0:
-                break  # the strategy has nothing left to propose
-            time.sleep(POLL)  # other workers' trials in flight: finish them if they die
-            continue
-        steers = [strategy.steering(t, base) for t in trials]
-        pending, down = list(trials), None
-        progress.start([t.number for t in trials], done)
-        try:
+            steers = [strategy.steering(t, base) for t in trials]
+            pending, down = list(trials), None
+            progress.start([t.number for t in trials], done)
             with st.heartbeats(handle, trials), timing.stage("search", since=t_ask):
                 outcomes = _evaluate(runner, setup, steers, root_of(cfg))
                 span = progress.evaluated()
@@ -137,8 +140,9 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                     job = sweep_dir / str(t.number)
                     with timing.stage("record"):
                         scores, error = rn.record(
-                            cfg, setup, steer, outcome, job, t.number, parent, span, params, down
-                        )
+                            cfg, setup, steer, outcome, job, t.number, parent, span, params,
+                            down,
+                        )  # fmt: skip
                         down = down or error  # the store failed: the rest of the batch waits
                         if error:
                             t.set_user_attr("tracking_error", error)
@@ -146,18 +150,16 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                         strategy.tell(study, t, scores, search.coherence_min, multi)
                     pending.remove(t)
                     timing.mark("first_trial")
-        except Stopped as e:  # told to stop (SIGTERM, SIGINT): the others re-try them now
-            _give_back(cfg, study, pending, parent, str(e))
-            log.error("%s; %d trial(s) given back to the study", e, len(pending))
-            raise
-        except INFRA as e:  # judge down, disk full...: give the trials back
-            why = secret_free(e, cfg)
-            for t in pending:
-                with contextlib.suppress(*INFRA):  # an unwritable store: the next run's
-                    st.give_back(study, t, why)  # close_dead re-tries them instead
-            log.error("stopped: %s; %d trial(s) given back to the study", why, len(pending))
-            return _stopped(label, why, len(pending))
-        progress.end(study, search.coherence_min)
+            progress.end(study, search.coherence_min)
+    except Stopped as e:  # told to stop (SIGTERM, SIGINT): the others re-try them now
+        e.given_back = _give_back(cfg, study, pending, parent, str(e))
+        log.error("%s; %d trial(s) given back to the study", e, e.given_back)
+        raise
+    except INFRA as e:  # judge, disk or database down...: give the trials back, say it in a line
+        why = secret_free(e, cfg)
+        n = _give_back(cfg, study, pending, parent, why)
+        log.error("stopped: %s; %d trial(s) given back to the study", why, n)
+        return _stopped(label, why, n)
     trials = st.records(study, strategy, base, search.coherence_min)
     try:
         with timing.stage("confirm"):
@@ -190,17 +192,22 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
 
 
 def _give_back(
-    cfg: DictConfig, study: optuna.Study, pending: list[Any], parent: str | None, why: str
-) -> None:
-    """Close this worker's trials in flight as interrupted (queued again at once, not counted)
-    and the MLflow child runs a half-recorded one left RUNNING (KILLED, tagged interrupted)."""
-    for t in pending:
-        with contextlib.suppress(*INFRA):
+    cfg: DictConfig, study: optuna.Study, asked: list[Any], parent: str | None, why: str
+) -> int:
+    """Close the trials this worker asked and has not told as interrupted (queued again at once,
+    not counted) and the MLflow child runs a half-recorded one left RUNNING (KILLED, tagged
+    interrupted); how many went back."""
+    try:
+        back = [t for t in asked if t.number in st.running(study)]
+        for t in back:
             st.give_back(study, t, why)
+        others = st.running(study)
+    except INFRA:  # the database is down: the others' close_dead re-tries them
+        return 0
     if parent and cfg.tracking.enabled:
-        others = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         with contextlib.suppress(Exception):  # the store is down: the next run closes them
             runs.close_orphans(tracking.store_of(cfg), parent, others)
+    return len(back)
 
 
 def _infra(e: BaseException) -> bool:
