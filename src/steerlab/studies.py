@@ -5,7 +5,7 @@ What a search leaves is a sweep folder (`multirun/<model>/<trait>/<source-method
 (tag `steerlab.sweep_dir`, artifact `vector.json`) and a child run per trial (tag
 `steerlab.vector`, the file it steered with). A folder is found in MLflow by that tag; the store
 is the one the sweep's trial configs recorded (`tracking.uri`, else `paths.root`, a relative root
-tried against the folder's place under `multirun/` and the current directory) unless given. The
+found from the folder's place under `multirun/`, never the current directory) unless given. The
 best trial is `records.best`: the valid trial (coherence >= the sweep's `search.coherence_min`)
 with the largest delta over the baseline.
 """
