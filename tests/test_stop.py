@@ -41,3 +41,25 @@ def test_a_second_signal_exits_at_once():
         """)  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], timeout=20)
     assert r.returncode == 130
+
+
+def test_a_stop_inside_a_database_call_is_still_a_stop():
+    """Optuna re-raises what interrupts a commit as StorageInternalError (the driver may wrap
+    it first): the stop is found in the chain and handled as a stop, not a database failure."""
+    from optuna.exceptions import StorageInternalError
+
+    from steerlab.search.stop import stopped_in
+
+    def commit():
+        try:
+            try:
+                raise Stopped(signal.SIGTERM)
+            except BaseException as e:
+                raise RuntimeError("server closed the connection") from e
+        except RuntimeError as e:
+            raise StorageInternalError("An exception is raised during the commit.") from e
+
+    with pytest.raises(StorageInternalError) as wrapped:
+        commit()
+    assert stopped_in(wrapped.value).code == 143
+    assert stopped_in(StorageInternalError("a real database failure")) is None

@@ -261,3 +261,31 @@ def test_three_copies_started_by_hand_on_postgres_never_ask_a_point_twice(
     finish(*(start(tmp_path, tiny_dir, cache, *extra) for _ in range(3)))
     done = complete(the_study(pg_url))
     assert len(done) == 9 and len(set(params_of(done))) == 9, params_of(done)
+
+
+def test_workers_setting_one_new_experiment_tag_at_once_all_succeed(mlflow_server):
+    """Every worker tags the shared experiment when its study ends (its runs view): a new tag
+    set by several at once races on its insert in the server's database."""
+    import threading
+
+    from steerlab import tracking
+
+    exp = tracking.experiment_id(mlflow_server, "tag-race")
+    errors: list[BaseException] = []
+    for key in range(6):
+        start = threading.Barrier(6)
+
+        def tag(i: int, key: int = key, start: threading.Barrier = start) -> None:
+            c = tracking.client(mlflow_server)
+            start.wait()
+            try:
+                tracking.set_experiment_tag(c, exp, f"race.{key}", str(i))
+            except Exception as e:  # noqa: BLE001 - collected, asserted below
+                errors.append(e)
+
+        threads = [threading.Thread(target=tag, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []

@@ -71,3 +71,13 @@ def held() -> Iterator[None]:
         if not _State.holding and _State.due is not None:
             signum, _State.due = _State.due, None
             raise Stopped(signum)
+
+
+def stopped_in(e: BaseException | None) -> Stopped | None:
+    """The stop behind an error: a signal that lands inside a database call comes back as the
+    driver's or Optuna's own error, the `Stopped` in its chain of causes."""
+    for _ in range(8):
+        if e is None or isinstance(e, Stopped):
+            return e
+        e = e.__cause__ or e.__context__
+    return None

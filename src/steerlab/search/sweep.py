@@ -37,7 +37,7 @@ from steerlab.records import Trial
 from steerlab.search import points, recovery, runs
 from steerlab.search import study as st
 from steerlab.search.pareto import frontier, plot_frontier, plot_layer_coef_map
-from steerlab.search.stop import Stopped, held
+from steerlab.search.stop import Stopped, held, stopped_in
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
 from steerlab.search.summary import Progress, summary_text
 
@@ -88,6 +88,8 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
     except (ValueError, FileNotFoundError) as e:  # the summary (or, alone, the error) says it
         return Summary(f"\n== skipped ({redact(label)}): {e}", error=e)
     except Exception as e:  # judge, disk, database or tracking down while setting up
+        if stop := stopped_in(e):
+            raise stop from None
         if not _infra(e):
             raise
         return _stopped(label, secret_free(e, cfg), 0)
@@ -151,14 +153,14 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                     pending.remove(t)
                     timing.mark("first_trial")
             progress.end(study, search.coherence_min)
-    except Stopped as e:  # told to stop (SIGTERM, SIGINT): the others re-try them now
-        e.given_back = _give_back(cfg, study, pending, parent, str(e))
-        log.error("%s; %d trial(s) given back to the study", e, e.given_back)
-        raise
-    except INFRA as e:  # judge, disk or database down...: give the trials back, say it in a line
-        why = secret_free(e, cfg)
-        n = _give_back(cfg, study, pending, parent, why)
-        log.error("stopped: %s; %d trial(s) given back to the study", why, n)
+    except (Stopped, *INFRA) as e:  # told to stop, or judge, disk or database down
+        stop = stopped_in(e)  # a stop inside a database call arrives wrapped as its error
+        why = str(stop) if stop else secret_free(e, cfg)
+        n = _give_back(cfg, study, pending, parent, why)  # the others re-try them now
+        log.error("%s; %d trial(s) given back to the study", why if stop else f"stopped: {why}", n)
+        if stop:
+            stop.given_back = n
+            raise stop from None
         return _stopped(label, why, n)
     trials = st.records(study, strategy, base, search.coherence_min)
     try:
@@ -168,6 +170,8 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
         with timing.stage("finish"):
             summary = _finish(cfg, handle, trials, parent, sweep_dir, setup, searched, confirmed)
     except Exception as e:  # the tracking store or the disk failed at the end: trials kept
+        if stop := stopped_in(e):
+            raise stop from None
         if not _infra(e):
             raise
         why, missing = secret_free(e, cfg), recovery.unlogged(cfg, study, parent)
