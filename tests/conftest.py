@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -303,9 +304,7 @@ def llama_server() -> Iterator[str]:
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama_cpp is not importable: pip install 'llama-cpp-python[server]'")
     gguf = _gguf()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(os.devnull, "wb")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
         [
@@ -341,12 +340,7 @@ def llama_server() -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout=20)
         log.close()
 
 
@@ -357,6 +351,53 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, what: str) -> bytes:
+    """The body of `url` once a server started in the background answers it."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.read()
+        except OSError:
+            if time.time() > deadline:
+                pytest.fail(f"{what} did not answer {url} within {timeout:.0f} s")
+            time.sleep(1)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server started with start_new_session: SIGTERM its group, SIGKILL if it lingers."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextmanager
+def make_server(*args: str, url: str, timeout: float, what: str) -> Iterator[None]:
+    """`make -s <args>` in the checkout (a server), until it answers `url`; stopped after."""
+    proc = subprocess.Popen(
+        ["make", "-s", "-C", str(REPO), *args], cwd=WORK, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True, env=os.environ | {"MAKEFLAGS": ""},
+    )  # fmt: skip
+    try:
+        wait_http(url, timeout, what)
+        yield
+    finally:
+        stop_group(proc)
+
+
+@contextmanager
+def make_ui(*args: str, timeout: float = 180) -> Iterator[str]:
+    """`make ui <args>` (e.g. ROOT=...) on a free port, once its API answers; its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    api = f"{base}/api/2.0/mlflow/experiments/search?max_results=10"
+    with make_server("ui", *args, f"PORT={port}", url=api, timeout=timeout, what="MLflow UI"):
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -392,26 +433,11 @@ def mlflow_server(postgres, tmp_path_factory):
     """`make mlflow-server`: MLflow over the PostgreSQL store, artifacts proxied."""
     port = free_port()
     root = tmp_path_factory.mktemp("mlflow-server")
-    proc = subprocess.Popen(
-        ["make", "-s", "-C", str(REPO), "mlflow-server", f"PORT={port}", f"ROOT={root}",
-         f"PGDIR={postgres['dir']}", f"PGPORT={postgres['port']}"],
-        cwd=WORK, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, env=os.environ | {"MAKEFLAGS": ""},
-    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5):
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        os.killpg(proc.pid, signal.SIGTERM)
-        pytest.fail("mlflow server did not come up within 180 s")
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=60)
+    with make_server("mlflow-server", f"PORT={port}", f"ROOT={root}", f"PGDIR={postgres['dir']}",
+                     f"PGPORT={postgres['port']}", url=f"{url}/health", timeout=180,
+                     what="mlflow server"):  # fmt: skip
+        yield url
 
 
 @pytest.fixture(scope="module")

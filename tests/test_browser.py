@@ -5,20 +5,14 @@ printed link shows every trial, its delta CI columns and the best trial's flag o
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_steerlab, tiny_args
+from conftest import make_ui, run_steerlab, tiny_args
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 # the closing lines of a sweep with a local store: how to start the UI, then the runs view
@@ -30,24 +24,6 @@ def chromium() -> str:
     if not Path(path).is_file():
         pytest.skip("no chromium: apt-get install chromium (make test installs it)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=5).read()
-            return
-        except OSError:
-            if time.time() > deadline:
-                pytest.fail(f"MLflow UI did not answer {url} within {timeout:.0f} s")
-            time.sleep(1)
 
 
 def shown(value: float) -> str:
@@ -70,37 +46,18 @@ def test_the_printed_runs_view_shows_every_trial_its_ci_and_the_best(tmp_path, t
     assert sorted(rows) == [0, 1, 2]
 
     make, *args = shlex.split(hint[1])  # make ui ROOT=<tmp_path>, on a free port
-    assert args[0] == "ui" and f"ROOT={tmp_path}" in args
-    port = free_port()
-    ui = subprocess.Popen(
-        [make, "-s", *args, f"PORT={port}"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env=os.environ | {"MAKEFLAGS": ""},
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/api/2.0/mlflow/experiments/search?max_results=10")
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=browser_path)
-            # wide enough for every column of steerlab's view, the tags last
-            page = browser.new_page(viewport={"width": 2200, "height": 900})
-            try:
-                check_runs_view(sync_api.expect, page, f"{base}/{hint[2]}", rows, best)
-            except AssertionError:
-                page.screenshot(path=tmp_path / "runs_view.png")
-                raise
-            finally:
-                browser.close()
-    finally:
-        os.killpg(ui.pid, signal.SIGTERM)
+    assert make == "make" and args[0] == "ui" and f"ROOT={tmp_path}" in args
+    with make_ui(*args[1:]) as base, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path)
+        # wide enough for every column of steerlab's view, the tags last
+        page = browser.new_page(viewport={"width": 2200, "height": 900})
         try:
-            ui.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
-            ui.wait()
+            check_runs_view(sync_api.expect, page, f"{base}/{hint[2]}", rows, best)
+        except AssertionError:
+            page.screenshot(path=tmp_path / "runs_view.png")
+            raise
+        finally:
+            browser.close()
 
 
 def check_runs_view(expect, page, url: str, rows: dict[int, dict], best: int) -> None:

@@ -1,19 +1,11 @@
 """MLflow tracking: runs land in `<root>/mlruns/mlflow.db`, and `make ui` serves them."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from conftest import make_ui, wait_http
 from steerlab import tracking
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_runs_are_stored_under_root_with_nested_params(tmp_path):
@@ -33,36 +25,11 @@ def test_runs_are_stored_under_root_with_nested_params(tmp_path):
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_make_ui_serves_the_store(tmp_path):
     with tracking.run(tmp_path, "smollm2/evil", "trial-0", {"steering": {"layer": 3}}):
         pass
-    port = _free_port()
-    proc = subprocess.Popen(
-        ["make", "-s", "ui", f"PORT={port}", f"ROOT={tmp_path}"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env=os.environ | {"MAKEFLAGS": ""},
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
-        deadline, body = time.time() + 120, None
-        while time.time() < deadline and body is None:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    body = json.loads(r.read())
-            except OSError:
-                time.sleep(1)
-        assert body is not None, "MLflow UI did not come up within 120 s"
+    with make_ui(f"ROOT={tmp_path}", timeout=120) as base:
+        body = json.loads(wait_http(f"{base}/api/2.0/mlflow/experiments/search?max_results=10",
+                                    5, "MLflow UI"))  # fmt: skip
         assert "smollm2/evil" in {e["name"] for e in body["experiments"]}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)

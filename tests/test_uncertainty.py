@@ -207,7 +207,7 @@ def test_sign_flip_p_is_exact_enumeration_then_seeded_sampling():
     d = list(rng.normal(0.6, 3.0, stats.EXACT_MAX + 1))
     p = stats.sign_flip_p(d)
     assert p == stats.sign_flip_p(d, seed=0) and p != stats.sign_flip_p(d, seed=1)
-    assert math.isclose(p * (stats.N_BOOT + 1), round(p * (stats.N_BOOT + 1)), abs_tol=1e-6)
+    assert math.isclose(p * (stats.N_PERM + 1), round(p * (stats.N_PERM + 1)), abs_tol=1e-6)
     assert p == pytest.approx(perm_p(d), abs=0.02)  # 10,000 draws: sd ~0.005 around the exact p
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 SEED = 0
-N_BOOT = 10_000  # random sign patterns of a permutation test above EXACT_MAX questions
+N_PERM = 10_000  # random sign patterns of a permutation test above EXACT_MAX questions
 LEVEL = 0.95
 EXACT_MAX = 16  # sign-flip tests enumerate all 2^n patterns up to this many questions
 
@@ -68,7 +68,7 @@ def _abs_mean(d: np.ndarray, axis: int) -> np.ndarray:
     return np.abs(d.mean(axis=axis))
 
 
-def sign_flip_p(diffs: Sequence[float], seed: int = SEED, n_perm: int = N_BOOT) -> float:
+def sign_flip_p(diffs: Sequence[float], seed: int = SEED, n_perm: int = N_PERM) -> float:
     """Two-sided p-value of a paired permutation (sign-flip) test that mean(diffs) is 0: exact
     (all 2^n sign patterns) up to EXACT_MAX values, else `n_perm` seeded random patterns."""
     d = np.asarray(diffs, dtype=float)
