@@ -25,6 +25,7 @@ from steerlab.data import (
     CONF_DIR,
     LABELLED_KEYS,
     TraitDataError,
+    data_file,
     data_path,
     load_trait,
     read_jsonl,
@@ -45,8 +46,9 @@ LEAKAGE = 0.8  # a steering question this close to an extraction question paraph
 PAIR_APART = 0.45  # natural sides further apart describe different scenes, not one contrast
 LENGTH_RATIO = 1.6  # natural sides' word counts differ more than this: not matched prefixes
 MIN_WORDS = {"instruction.jsonl": 4, "questions.jsonl": 4, "steering.jsonl": 4, "natural.jsonl": 8}
+MAX_CHARS = 2000  # an item longer than this (characters) would crowd the model's context
 MIN_BAND = 0.2  # calibration: at least this share of labels high (>= 70) and low (< 30)
-ERRORS = ("format", "count", "duplicate", "leakage")  # the kinds that make the exit code 1
+ERRORS = ("format", "count", "duplicate", "leakage", "long")  # the kinds that make the exit code 1
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ class Report:
             f"{PAIR_APART} (and differing in more than case or punctuation: embeddings do not "
             "see negation, so a one-word flip such as more/less is a good pair); natural "
             f"sides' word counts within {LENGTH_RATIO}x; minimum words "
-            f"{MIN_WORDS}; calibration: >= {MIN_BAND:.0%} of labels high and low.",
+            f"{MIN_WORDS}; at most {MAX_CHARS:,} characters an item; calibration: >= "
+            f"{MIN_BAND:.0%} of labels high and low.",
             "",
         ]
         if self.findings:
@@ -154,7 +157,7 @@ def words(text: str) -> list[str]:
 def _rows(folder: Path, fname: str, findings: list[Finding]) -> list[tuple[int, dict]]:
     keys = LABELLED_KEYS if fname == "calibration.jsonl" else _FILES[fname][0]
     try:
-        return read_jsonl(folder / fname, keys)
+        return read_jsonl(data_file(folder, fname), keys)
     except TraitDataError as e:
         findings.append(Finding("format", fname, _line(str(e)), str(e)))
         return []
@@ -185,7 +188,7 @@ def check(
         for f, n in counts.items()
         if n < mins[f]
     ]
-    findings += _short(rows)
+    findings += _short(rows) + _long(rows)
     embed = embed or _encoder()
     texts = {f: [_text(r) for _, r in rs] for f, rs in rows.items()}
     lines = {f: [n for n, _ in rs] for f, rs in rows.items()}
@@ -209,7 +212,7 @@ def check(
     )
     findings += _pairs(rows["natural.jsonl"], embed)
     findings += _balance(rows.get("calibration.jsonl", []))
-    return Report(d, counts, mins, findings)
+    return Report(d, counts, mins, list(dict.fromkeys(findings)))  # load_trait's and _rows' once
 
 
 def resolve(folder: str | Path) -> Path:
@@ -274,6 +277,16 @@ def _short(rows: dict[str, list[tuple[int, dict]]]) -> list[Finding]:
                 if k in r and len(words(r[k])) < least:
                     out.append(Finding("short", f, n, f"{k} has under {least} words: {r[k]!r}"))
     return out
+
+
+def _long(rows: dict[str, list[tuple[int, dict]]]) -> list[Finding]:
+    return [
+        Finding("long", f, n, f"{k} has {len(v):,} characters; at most {MAX_CHARS:,}")
+        for f, rs in rows.items()
+        for n, r in rs
+        for k, v in r.items()
+        if isinstance(v, str) and len(v) > MAX_CHARS
+    ]
 
 
 def _pairs(rows: list[tuple[int, dict]], embed: Embed) -> list[Finding]:

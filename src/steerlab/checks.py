@@ -23,6 +23,7 @@ def check(cfg: DictConfig) -> None:
     from steerlab.vectors import check_units
 
     position_of(cfg)
+    _check_names(cfg)
     _check_questions(cfg, len(load_trait(cfg.trait.dir).steering_questions))
     for name, allowed, value in (
         ("extraction.source", ("natural", "instruction"), cfg.extraction.source),
@@ -73,6 +74,17 @@ def check(cfg: DictConfig) -> None:
         _check_vector_file(name, Path(path).expanduser(), n_layers, hidden)
         check_units(Path(path).expanduser(), cfg.steering.coef_units)  # imported: no norms
     _check_judge(cfg)
+
+
+def _check_names(cfg: DictConfig) -> None:
+    """Values that become path parts are plain names: no run writes outside `paths.root`."""
+    from steerlab import confine
+
+    confine.name("trait.name", cfg.trait.name)
+    confine.name("model.name", cfg.model.name)
+    ens = cfg.steering.ensemble
+    if ens is not None and not str(ens).endswith(".json"):  # a name under ensembles/; a path as is
+        confine.name("steering.ensemble", ens)
 
 
 def _check_numbers(cfg: DictConfig) -> None:

@@ -80,6 +80,35 @@ class TraitData:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def text_of(path: Path) -> str:
+    """A data file's text: UTF-8, with or without a byte-order mark; other bytes are an error
+    naming `file:line` and the byte offset."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise TraitDataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte offset {e.start}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def data_file(folder: Path, fname: str) -> Path:
+    """`folder/fname`, refused unless it is a regular file inside `folder` once links are
+    resolved (a link within the folder is fine): a trait folder from elsewhere cannot make
+    steerlab read `/etc/passwd` or another user's file. A missing file is returned as is."""
+    path = folder / fname
+    if not path.is_symlink() and not path.exists():
+        return path
+    real, home = path.resolve(), folder.resolve()
+    if not real.is_relative_to(home):
+        raise TraitDataError(f"{path}: links outside the trait folder (to {real}); copy it in")
+    if not real.is_file():
+        raise TraitDataError(f"{path}: not a regular file")
+    return path
+
+
 def read_jsonl(
     path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> list[tuple[int, dict]]:
@@ -87,7 +116,7 @@ def read_jsonl(
     if not path.is_file():
         raise TraitDataError(f"{path}: file not found")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text_of(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -148,10 +177,10 @@ def data_path(path: str | Path) -> Path:
 def load_trait(directory: str | Path, minimums: dict[str, int] | None = None) -> TraitData:
     """Load and validate a trait folder; `minimums` maps file name -> minimum row count."""
     d = data_path(directory)
-    meta_path = d / "trait.yaml"
+    meta_path = data_file(d, "trait.yaml")
     if not meta_path.is_file():
         raise TraitDataError(f"{meta_path}: file not found (a trait folder needs trait.yaml)")
-    meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
+    meta = yaml.safe_load(text_of(meta_path)) or {}
     unknown = set(meta) - {"name", "description", "rubric"}
     if unknown:
         raise TraitDataError(
@@ -163,7 +192,7 @@ def load_trait(directory: str | Path, minimums: dict[str, int] | None = None) ->
     mins = {f: m for f, (_, m) in _FILES.items()} | (minimums or {})
     rows: dict[str, list[tuple[int, dict]]] = {}
     for fname, (keys, _) in _FILES.items():
-        rows[fname] = read_jsonl(d / fname, keys)
+        rows[fname] = read_jsonl(data_file(d, fname), keys)
         if len(rows[fname]) < mins[fname]:
             raise TraitDataError(
                 f"{d / fname}: {len(rows[fname])} rows, need at least {mins[fname]}"
@@ -177,7 +206,7 @@ def load_trait(directory: str | Path, minimums: dict[str, int] | None = None) ->
                 f"{d / 'steering.jsonl'}:{n}: steering question also appears in questions.jsonl "
                 "(held-out questions must be disjoint from extraction questions)"
             )
-    calib = d / "calibration.jsonl"
+    calib = data_file(d, "calibration.jsonl")
     return TraitData(
         name=str(meta.get("name", d.name)),
         description=str(meta.get("description", "")),

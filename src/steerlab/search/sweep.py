@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from steerlab import records, stats, timing, tracking
+from steerlab import confine, records, stats, timing, tracking
 from steerlab import runner as rn
 from steerlab.checks import check
 from steerlab.combinations import place
@@ -63,10 +63,10 @@ class Summary:
 def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
     """Place, join or resume the study `cfg` describes, and evaluate batches of its trials
     until `search.n_trials` count (with every other worker on the same study)."""
-    sweep_dir = Path(str(cfg.hydra.sweep.dir)).resolve()
     search = cfg.search
     try:  # the storage and the study's settings first: a refusal costs no model load
         check(cfg)
+        sweep_dir = confine.sweep_dir(cfg)  # names were checked: a sweep stays under paths.root
         if cfg.tracking.enabled:
             tracking.check_store(tracking.store_of(cfg))
         if cfg.combine.strategy and not cfg.combine.instruction_run:
@@ -202,7 +202,8 @@ def _give_back(
     not counted) and the MLflow child runs a half-recorded one left RUNNING (KILLED, tagged
     interrupted); how many went back."""
     try:
-        back = [t for t in asked if t.number in st.running(study)]
+        running = st.running(study)
+        back = [t for t in asked if t.number in running]
         for t in back:
             st.give_back(study, t, why)
         others = st.running(study)
