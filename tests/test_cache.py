@@ -138,3 +138,47 @@ def test_digest_honours_n():
     assert digest("x", n=8) == full[:8]
     assert digest("x", n=24) == full[:24]
     assert digest("x") == full[:16]
+
+
+def test_a_damaged_line_sets_the_file_aside_keeps_the_good_records_and_warns_once(tmp_path, caplog):
+    path = tmp_path / "s.jsonl"
+    JsonlStore(path).add([{"i": 0, "v": 10}, {"i": 1, "v": 11}, {"i": 2, "v": 12}])
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b'{"i": 1, "v": \x80\xff}\n' + b'{"v": 3}\n' + lines[2])
+    with caplog.at_level("WARNING", logger="steerlab.cache"):
+        store = JsonlStore(path)
+    assert store.records == {0: {"i": 0, "v": 10}, 2: {"i": 2, "v": 12}}
+    assert store.missing(3) == [1]
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert str(path) in warning and "2 unreadable line(s)" in warning and "redoing" in warning
+    assert b"\x80" in (tmp_path / "s.jsonl.damaged").read_bytes()  # kept to inspect
+    caplog.clear()
+    store.add([{"i": 1, "v": 11}])
+    with caplog.at_level("WARNING", logger="steerlab.cache"):
+        assert JsonlStore(path).missing(3) == []  # rewritten clean: no second warning
+    assert not caplog.records
+
+
+def test_a_kill_fragment_is_cut_before_the_next_append_and_is_no_damage(tmp_path, caplog):
+    path = tmp_path / "s.jsonl"
+    JsonlStore(path).add([{"i": 0, "v": 10}])
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"i": 1, "v"')
+    with caplog.at_level("WARNING", logger="steerlab.cache"):
+        JsonlStore(path).add([{"i": 1, "v": 11}])
+        assert JsonlStore(path).records == {0: {"i": 0, "v": 10}, 1: {"i": 1, "v": 11}}
+    assert not caplog.records and b'"v"{' not in path.read_bytes()
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"i": 2, "v": 12}')  # whole, only its newline lost
+    JsonlStore(path).add([{"i": 3, "v": 13}])
+    assert JsonlStore(path).missing(4) == []
+
+
+def test_a_judge_record_without_its_scores_is_redone(tmp_path, caplog):
+    from steerlab.cache import KeyedJsonlStore
+
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"k": "a", "trait": 1, "coherence": 2}\n{"k": "b", "trait": 3}\n')
+    with caplog.at_level("WARNING", logger="steerlab.cache"):
+        store = KeyedJsonlStore(path, ("k", "trait", "coherence"))
+    assert list(store.records) == ["a"] and "1 unreadable line(s)" in caplog.text

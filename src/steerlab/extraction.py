@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from steerlab.cache import digest
+from steerlab.cache import digest, set_aside
 from steerlab.generation import GenConfig, Sample, cached_generate, prompt_ids
 from steerlab.positions import Position
 
@@ -125,9 +125,13 @@ def cached_capture(
     )
     path = cache / "activations" / f"{key}.safetensors"
     if path.is_file():
-        t = load_file(str(path))
-        norms = json.loads(path.with_suffix(".json").read_text())
-        return Captured({c: t[c] for c in components}, norms, t["valid"].bool(), list(positions))
+        try:
+            t = load_file(str(path))
+            norms = json.loads(path.with_suffix(".json").read_text())
+            means = {c: t[c] for c in components}
+            return Captured(means, norms, t["valid"].bool(), list(positions))
+        except Exception as e:  # noqa: BLE001 - any unreadable entry is redone
+            set_aside(path, str(e).splitlines()[0][:120], path.with_suffix(".json"))
     cap = capture(model, samples, positions, components, batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({**cap.means, "valid": cap.valid.to(torch.uint8)}, str(path.with_suffix(".tmp")))
@@ -161,7 +165,7 @@ def extract_vectors(
         means.shape[1]
         for pos in cap.positions
         for comp, means in cap.means.items()
-        if not (out_dir / pos.slug / f"{comp}_{method}.safetensors").is_file()
+        if not _readable(out_dir / pos.slug / f"{comp}_{method}.safetensors")
     )
     bar = tqdm(total=todo, desc=f"extract {method} (layers)", leave=False, disable=not todo)
     for p, pos in enumerate(cap.positions):
@@ -199,3 +203,17 @@ def extract_vectors(
             ).save(path)
     bar.close()
     return paths
+
+
+def _readable(path: Path) -> bool:
+    """Whether the cached vector file `path` can be read; one that cannot is set aside."""
+    from steerlab.vectors import load_vectors
+
+    if not path.is_file():
+        return False
+    try:
+        load_vectors(path)
+        return True
+    except ValueError as e:
+        set_aside(path, str(e).removeprefix(f"{path}: "), path.with_suffix(".json"))
+        return False

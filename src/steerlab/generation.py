@@ -9,7 +9,7 @@ the compiled engine's code run eagerly, on any device (how the tests check it ag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,15 +148,17 @@ def generate(
     steering: Sequence[Terms] | None = None,
     desc: str = "generate",
     bar: Any = None,
+    done: Callable[[list[int], list[Sample]], None] | None = None,
 ) -> list[Sample]:
     """Answer every prompt once (the caller repeats prompts for rollouts); batched, length-sorted.
 
     `steering[i]` steers prompt i; batches are formed from the same index order, so a row can
     never receive another row's steering. `bar`: a progress bar of the caller's to advance (one
-    bar for a stage that generates in several calls), else this call shows its own.
+    bar for a stage that generates in several calls), else this call shows its own. `done`
+    receives each finished batch (prompt indices, samples), e.g. to save it at once.
     """
     with timing.stage("generate"):
-        return _generate(model, prompts, cfg, steering, desc, bar)
+        return _generate(model, prompts, cfg, steering, desc, bar, done)
 
 
 def _generate(
@@ -166,6 +168,7 @@ def _generate(
     steering: Sequence[Terms] | None,
     desc: str,
     bar: Any,
+    done: Callable[[list[int], list[Sample]], None] | None = None,
 ) -> list[Sample]:
     import torch
     from tqdm.auto import tqdm
@@ -204,6 +207,8 @@ def _generate(
             cut = next((k for k, t in enumerate(resp) if t in stop), len(resp))
             resp = resp[:cut]
             out[i] = Sample(list(prompts[i]), resp, tok.decode(resp, skip_special_tokens=True))
+        if done is not None:
+            done(idx, [out[i] for i in idx])  # type: ignore[misc]
         bar.update(len(idx))
     if own:
         bar.close()
@@ -235,6 +240,9 @@ def _hf_batch(
     return seqs[:, len(ids[0]) :].tolist()
 
 
+RESPONSE_FIELDS = ("i", "prompt_ids", "response_ids", "text")
+
+
 def cached_generate(
     model: LoadedModel,
     prompts: Sequence[Sequence[int]],
@@ -249,7 +257,7 @@ def cached_generate(
 
     settings = {k: v for k, v in asdict(cfg).items() if k != "engine"}
     key = digest(model.ref, [list(p) for p in prompts], settings)
-    store = JsonlStore(cache_dir / "responses" / f"{key}.jsonl")
+    store = JsonlStore(cache_dir / "responses" / f"{key}.jsonl", RESPONSE_FIELDS)
     todo = store.missing(len(prompts))
     bar = tqdm(
         total=len(prompts),
@@ -258,13 +266,20 @@ def cached_generate(
         leave=False,
         disable=not todo,
     )
-    for start in range(0, len(todo), cfg.batch_size * 4):  # persist every few batches
-        chunk = todo[start : start + cfg.batch_size * 4]
-        samples = generate(model, [prompts[i] for i in chunk], cfg, desc=desc, bar=bar)
+
+    def save(idx: list[int], samples: list[Sample]) -> None:  # every batch: a stop loses one
         store.add(
-            {"i": i, "prompt_ids": s.prompt_ids, "response_ids": s.response_ids, "text": s.text}
-            for i, s in zip(chunk, samples, strict=True)
+            {
+                "i": todo[j],
+                "prompt_ids": s.prompt_ids,
+                "response_ids": s.response_ids,
+                "text": s.text,
+            }
+            for j, s in zip(idx, samples, strict=True)
         )
+
+    if todo:
+        generate(model, [prompts[i] for i in todo], cfg, desc=desc, bar=bar, done=save)
     bar.close()
     return [
         Sample(r["prompt_ids"], r["response_ids"], r["text"]) for r in store.ordered(len(prompts))

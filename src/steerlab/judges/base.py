@@ -46,7 +46,8 @@ def cached_scores(
 ) -> list[JudgeScore]:
     """Score with a per-text cache: pairs already scored by the same judge cost nothing."""
     store = KeyedJsonlStore(
-        cache_dir / "judge" / f"{digest(judge.identity, trait.name, trait.rubric.text())}.jsonl"
+        cache_dir / "judge" / f"{digest(judge.identity, trait.name, trait.rubric.text())}.jsonl",
+        ("k", "trait", "coherence"),
     )
     known = {
         k: JudgeScore(r["trait"], r["coherence"], r.get("note", ""))
