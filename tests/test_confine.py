@@ -1,22 +1,27 @@
 """Untrusted input stays inside its folder: names that become path parts, trait data files
 reached through links, and text that is not UTF-8 are refused in one line naming the field or
-`file:line`, before any work, and nothing is written outside `paths.root`."""
+`file:line`, before any work, and nothing is written outside `paths.root`. A model folder's
+pickle weights are read as plain tensors only: code in them never runs."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import REPO, run_steerlab, tiny_args
+from conftest import REPO, run_steerlab, tiny_args, tiny_model
 from steerlab import confine
 from steerlab.data import TraitDataError, load_trait
 from steerlab.errors import ConfigError
+from steerlab.models import ModelError, load_model
 
 
 def files_under(folder: Path) -> list[str]:
@@ -146,3 +151,36 @@ def test_check_trait_reports_bad_bytes_and_long_items_once_each(tmp_path):
     long = [r for r in rows if "| long | steering.jsonl:21 |" in r]
     assert len(long) == 1 and "at most 2,000" in long[0], rows
     assert "at most 2,000 characters an item" in done.stdout
+
+
+class RunsCommand:
+    """Unpickling this runs a shell command: what hostile pickle weights hold."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (self.command,)
+
+
+def test_pickle_weights_load_as_plain_tensors_and_code_in_them_never_runs(tmp_path: Path) -> None:
+    """`pytorch_model.bin` is a pickle, and a downloaded model folder is untrusted: honest
+    tensors load, a pickle that would run code is refused in one line naming the file (none of
+    torch's advice to switch the check off), and its command never runs."""
+    folder = tmp_path / "model"
+    tiny = tiny_model("llama")
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    weights = folder / "pytorch_model.bin"
+    torch.save(tiny.model.state_dict(), weights)
+    loaded = load_model(str(folder), dtype="float32", device="cpu").model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in tiny.model.state_dict().items())
+    marker = tmp_path / "ran"
+    torch.save(RunsCommand(f"touch {shlex.quote(str(marker))}"), weights)
+    with pytest.raises(ModelError) as e:
+        load_model(str(folder), dtype="float32", device="cpu")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{weights}: holds pickled code"), msg
+    assert "never runs pickled code" in msg and "weights_only" not in msg, msg
+    assert not marker.exists()

@@ -1,15 +1,19 @@
 """The import rules: the import-linter contracts in pyproject.toml (layers, forbidden imports, no
 cycles) hold on src/, a broken contract does fail `lint-imports`, and no module is over 500 lines
-(long modules hide tangled imports).
+(long modules hide tangled imports). And `python -m steerlab.imports` refuses a pickle that
+would run code in one line, without running it or advising how to.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
@@ -70,3 +74,37 @@ def test_no_module_is_over_500_lines():
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+class RunsCommand:
+    """Unpickling this runs a shell command: what a hostile `.pt` holds."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (self.command,)
+
+
+def test_a_pickle_holding_code_is_refused_in_one_line_without_running_it(tmp_path: Path) -> None:
+    """torch's own refusal is eight lines that suggest turning the check off (which runs the
+    attack); the user gets one line naming the file, and the command never runs."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save(RunsCommand(f"touch {shlex.quote(str(marker))}"), evil)
+    done = subprocess.run(
+        [sys.executable, "-m", "steerlab.imports", str(evil)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
+    assert lines[0].startswith(f"steerlab.imports: error: {evil}: holds pickled code"), out
+    assert f"{os.system.__module__}.system" in lines[0] and "never runs pickled code" in out, out
+    assert "weights_only" not in out and "Traceback" not in out, out
+    assert not marker.exists()
+    assert not (tmp_path / "evil.safetensors").exists()

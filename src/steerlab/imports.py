@@ -12,7 +12,8 @@ So a vector found elsewhere can be searched and steered like steerlab's own
   mean difference of Hugging Face `hidden_states[L]`, the output of block L-1 (their steering
   hooks `model.layers[L-1]`), so row L becomes steerlab layer L-1; row 0 (the embeddings) has no
   steerlab layer and is dropped. Read with `torch.load(weights_only=True)`, which loads tensors
-  and refuses arbitrary pickled objects.
+  and refuses arbitrary pickled objects (in one line, `models.pickle_refusal`) without running
+  them.
 
 Directions are stored unit-norm (steerlab's convention) with each original norm in
 `source_norms`: the other tool's coefficient c at layer L is steerlab's absolute coefficient
@@ -79,10 +80,12 @@ def read_persona(path: Path) -> dict[int, torch.Tensor]:
     """Rows 1..L of a Persona Vectors tensor as steerlab layers 0..L-1."""
     import torch
 
+    from steerlab.models import pickle_refusal
+
     try:
         t = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling refusal is the same user error
-        raise VectorFileError(f"{path}: not a tensor file torch can load safely ({e})") from None
+        raise VectorFileError(pickle_refusal(path, e)) from None
     if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] < 2:
         shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
         raise VectorFileError(

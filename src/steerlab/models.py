@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -224,9 +226,13 @@ def load_model(
         return random_model(shape, dtype, device, seed, arch=arch)
     dev = pick_device(device)
     path = resolve_ref(ref)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev))
+    try:  # weights_only: pickle weights (`pytorch_model.bin`) are read as plain tensors only
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=pick_dtype(dtype, dev), weights_only=True
+        )
         tokenizer = AutoTokenizer.from_pretrained(path)
+    except pickle.UnpicklingError as e:
+        raise ModelError(pickle_refusal(_pickle_weights(path), e)) from None
     except OSError as e:
         raise ModelError(
             f"cannot load model {ref!r}: {e}. Give a local path or a name in the local Hugging "
@@ -234,6 +240,29 @@ def load_model(
         ) from None
     model.to(dev).eval()
     return wrap_model(model, tokenizer, ref, arch)
+
+
+def pickle_refusal(where: object, e: BaseException) -> str:
+    """One line for a file `torch.load(weights_only=True)` would not read. A refused pickle holds
+    code or objects, not only tensors; torch's own text is dropped, as it advises re-running with
+    the check off, which would run whatever the file holds."""
+    text = str(e)
+    if "weights only load failed" not in text.lower():
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        return f"{where}: not a tensor file torch can read ({type(e).__name__}: {first})"
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    named = f" ({found.group(1)})" if found else ""
+    return (
+        f"{where}: holds pickled code or objects{named}, not only plain tensors; steerlab reads "
+        "only plain tensors and never runs pickled code"
+    )
+
+
+def _pickle_weights(path: str) -> str:
+    """The pickle weights file a local model folder loads, to name in an error; else `path`
+    itself (a sharded checkpoint's folder, a Hub id)."""
+    files = sorted(Path(path).glob("pytorch_model*.bin")) if Path(path).is_dir() else []
+    return str(files[0]) if len(files) == 1 else path
 
 
 def wrap_model(
