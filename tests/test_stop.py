@@ -63,3 +63,38 @@ def test_a_stop_inside_a_database_call_is_still_a_stop():
         commit()
     assert stopped_in(wrapped.value).code == 143
     assert stopped_in(StorageInternalError("a real database failure")) is None
+
+
+def test_a_stop_while_a_child_run_is_written_leaves_it_killed_and_tagged(tmp_path):
+    """A real SIGTERM lands while a trial's MLflow child run is open (its folder's artifacts
+    being copied): the run ends KILLED with `steerlab.interrupted`, as docs/workers.md says."""
+    import sqlite3
+    import time
+
+    from steerlab import tracking
+
+    folder = tmp_path / "trial"
+    folder.mkdir()
+    for i in range(3000):  # copying these keeps the run open for seconds
+        (folder / f"f{i}.txt").write_text("x" * 64)
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from steerlab.runlog import log_child
+        from steerlab.search.stop import on_signals
+        with on_signals():
+            log_child(Path({str(tmp_path)!r}), "stops", "trial-0", None, {{}}, {{}},
+                      {{"trait": 1.0}}, folder=(Path({str(folder)!r}), "trial"))
+    """)
+    c = tracking.client(tmp_path)  # the store exists before the worker starts
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as db:
+            if db.execute("select 1 from runs where status = 'RUNNING'").fetchone():
+                proc.send_signal(signal.SIGTERM)
+                break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    [run] = c.search_runs([c.get_experiment_by_name("stops").experiment_id])
+    assert run.info.status == "KILLED", (run.info.status, proc.stderr.read()[-2000:])
+    assert run.data.tags.get("steerlab.interrupted") == "true"

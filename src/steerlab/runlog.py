@@ -25,7 +25,8 @@ def log_child(
 ) -> str:
     """A finished run in few store calls (a sweep logs many): created with its tags and start
     time, params and metrics in one batch, tables, dicts and a folder as artifacts, then ended
-    (FAILED if any of that failed). `span` as in `run`. Returns its id."""
+    (FAILED if any of that failed; KILLED and tagged `steerlab.interrupted` if a signal stopped
+    it). `span` as in `run`. Returns its id."""
     import time
 
     from mlflow.entities import Metric, Param
@@ -54,8 +55,20 @@ def log_child(
             c.log_dict(run_id, d, file)
         if folder:
             c.log_artifacts(run_id, str(folder[0]), folder[1])
-    except BaseException:
-        c.set_terminated(run_id, "FAILED")
+    except BaseException as e:
+        if stopped := _signalled(e):  # a stop is no failure of the trial: KILLED, as any stop
+            c.set_tag(run_id, "steerlab.interrupted", "true")
+        c.set_terminated(run_id, "KILLED" if stopped else "FAILED")
         raise
     c.set_terminated(run_id, "FINISHED", end_time=int((end or time.time()) * 1000))
     return run_id
+
+
+def _signalled(e: BaseException | None) -> bool:
+    """Whether a signal's exception (not an `Exception`: a stop or Ctrl-C) is in `e`'s chain,
+    where a store call that was interrupted may have wrapped it."""
+    while e is not None:
+        if not isinstance(e, Exception):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
