@@ -62,3 +62,53 @@ def test_damaged_cache_entries_are_set_aside_named_and_redone(tmp_path, tiny_dir
         assert path.with_name(path.name + ".damaged").is_file()
         assert path.is_file()  # redone
     assert "4 trials done" in out, out[-2000:]
+
+
+def test_damaged_trial_folders_are_named_in_one_pass_and_rebuilt_from_the_study(tmp_path, tiny_dir):
+    """Two trials whose MLflow runs are gone must be logged again from their folders, and both
+    folders are damaged (metrics.json cut short, responses.jsonl garbage): one line names each,
+    each is rebuilt from the study, and the next run has nothing left to do (the advice used to
+    loop: "run the same command again" failed the same way forever)."""
+    import json
+
+    import mlflow
+    import optuna
+
+    root = tmp_path / "root"
+    args = [*tiny_args(root, tiny_dir), "search.n_trials=4"]
+    first = run_steerlab(*args, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    [sweep] = {p.parent for p in root.glob("multirun/**/optuna.db")}
+    metrics = sweep / "1" / "metrics.json"
+    metrics.write_text(metrics.read_text()[:20])
+    (sweep / "2" / "responses.jsonl").write_bytes(b"\x80\xff{not json\n")
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    for r in client.search_runs(exps):
+        if r.data.tags.get("steerlab.trial") in ("1", "2"):
+            client.delete_run(r.info.run_id)
+
+    again = run_steerlab(*args, timeout=300)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    for n, file in ((1, "metrics.json"), (2, "responses.jsonl")):
+        said = [line for line in out.splitlines() if f"trial {n}: folder {sweep / str(n)}" in line]
+        assert len(said) == 1 and file in said[0] and "rebuilt from the study" in said[0], out
+        assert (sweep / str(n) / f"{file}.damaged").is_file()
+    assert "its answers are lost" in out
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{sweep}/optuna.db")
+    trial = {t.number: t for t in study.trials}
+    runs = {
+        r.data.tags["steerlab.trial"]: r
+        for r in client.search_runs(exps, "attributes.status = 'FINISHED'")
+        if r.data.tags.get("steerlab.kind") == "trial"
+    }
+    assert sorted(runs) == ["0", "1", "2", "3"]
+    for n in (1, 2):
+        assert runs[str(n)].data.metrics["trait"] == round(trial[n].user_attrs["trait"], 2)
+        assert (
+            json.loads((sweep / str(n) / "metrics.json").read_text())["trait"]
+            == (trial[n].user_attrs["trait"])
+        )
+    third = run_steerlab(*args, timeout=300)
+    assert third.returncode == 0 and "rebuilt" not in third.stdout + third.stderr, third.stderr

@@ -5,6 +5,7 @@ with one line naming the URL; a full disk stops a run in one line, the study int
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -159,6 +160,22 @@ def test_a_judge_dead_during_setup_stops_in_one_line(tmp_path, tiny_dir):
         judge.shutdown()
 
 
+def test_a_judge_answering_500_on_a_fresh_root_is_said_once(tmp_path, tiny_dir, serve):
+    """Vetting on a fresh root against a judge that answers 500: one line, said once (it was
+    printed twice: the study's summary and the error line)."""
+    srv = serve(lambda n, body: (500, {"error": {"message": "internal error"}}))
+    args = [a for a in tiny_args(tmp_path, tiny_dir) if not a.startswith("judge.options.")]
+    args = [a for a in args if a != "extraction.vet.enabled=false"]
+    done = run_steerlab(*args, "judge=openai", f"judge.base_url={srv.url}", "judge.model=test",
+                        "judge.backoff=0.05", "search.n_trials=2", timeout=300)  # fmt: skip
+    out = done.stdout + done.stderr
+    errors = [line for line in out.splitlines() if line.startswith("steerlab: error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in out, out[-3000:]
+    assert srv.url.split("/v1")[0] in errors[0], errors[0]
+    said = errors[0].removeprefix("steerlab: error: ")[:60]
+    assert out.count(said) == 1, out[-3000:]
+
+
 def _child_runs(uri: str) -> list:
     import mlflow
 
@@ -233,8 +250,10 @@ def test_a_tracking_server_killed_mid_study_loses_no_trial(tmp_path, tiny_dir):
         raise AssertionError("mlflow server did not start")
 
     uri = f"http://127.0.0.1:{port}"
-    env = os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    args = [*tiny_args(tmp_path, tiny_dir), f"tracking.uri={uri}", "search.n_trials=6"]
+    env = dict(os.environ)  # MLflow's client as steerlab sets it up: its own retries
+    for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        env.pop(k, None)
+    args = [*tiny_args(tmp_path, tiny_dir), f"tracking.uri={uri}", "search.n_trials=8"]
     server = serve()
     try:
         proc = subprocess.Popen(
@@ -243,7 +262,7 @@ def test_a_tracking_server_killed_mid_study_loses_no_trial(tmp_path, tiny_dir):
         )  # fmt: skip
         sweep_dir = None
         deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:  # the first batch is recorded
+        while time.time() < deadline and proc.poll() is None:  # batch 2 of 4 is under way
             found = list(tmp_path.glob("multirun/**/1/metrics.json"))
             if found:
                 sweep_dir = found[0].parents[1]
@@ -252,18 +271,38 @@ def test_a_tracking_server_killed_mid_study_loses_no_trial(tmp_path, tiny_dir):
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
         out, err = proc.communicate(timeout=600)
+        ended = time.time()
         errors = [line for line in err.splitlines() if line.startswith("steerlab: error:")]
         assert proc.returncode == 2 and len(errors) == 1, (out + err)[-3000:]
         assert "Traceback" not in err and "not in MLflow yet" in errors[0], errors[0]
+        assert len(errors[0]) <= 220, errors[0]
+        assert "Retrying" not in err, err[-3000:]  # the client's retries: summed up in the line
+        body = errors[0].removeprefix("steerlab: error: ")
+        assert body not in out and (out + err).count("not in MLflow yet") == 1, out + err
         assert sweep_dir is not None
+        last = max(p.stat().st_mtime for p in sweep_dir.glob("*/metrics.json"))
+        assert ended - last < 60, ended - last  # ends soon after its last trial
         server = serve()
+        study = _study(tmp_path)
+        done = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        logged = {int(r.data.tags["steerlab.trial"]) for r in _child_runs(uri)
+                  if r.info.status == "FINISHED"}  # fmt: skip
+        assert len(done) == 8 and logged < done, (done, logged)
+        listed = re.search(r"not in MLflow yet \(([\d, -]+)", errors[0]).group(1)
+        numbers = {n for part in listed.split(", ") for n in _span(part)}
+        assert numbers == done - logged, (errors[0], done, logged)
         again = run_steerlab(*args, env=env)
         assert again.returncode == 0, again.stderr[-3000:]
         study = _study(tmp_path)
-        assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 6
+        assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 8
         _mirrors(study, uri)
     finally:
         os.killpg(server.pid, signal.SIGKILL)
+
+
+def _span(part: str) -> range:
+    lo, _, hi = part.partition("-")
+    return range(int(lo), int(hi or lo) + 1)
 
 
 def test_a_trial_recorded_by_a_worker_that_died_is_completed_not_repeated(tmp_path, tiny_dir):

@@ -317,14 +317,7 @@ def record(
     `tracking.run_params(cfg)`, computed once by a caller that records many trials.
     `skip_log`: why not to try MLflow now (it just failed; the next run logs the folder)."""
     metrics = metrics_of(result, setup)
-    params = dict(params or tracking.run_params(cfg), steering=asdict(steer))
-    job_dir.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in params.items() if k != "resolved"}  # the trial's whole config
-    (job_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (job_dir / "responses.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows)
-    )
-    (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    params = write_trial(job_dir, params or tracking.run_params(cfg), steer, result.rows, metrics)
     if not cfg.tracking.enabled:
         return metrics, None
     if skip_log:
@@ -336,10 +329,67 @@ def record(
                 cfg, setup, params, result.rows, metrics, job_dir, number, name, parent_run_id, span
             )
     except Exception as e:  # noqa: BLE001 - the trial stands (files, study); say so
-        why = f"{type(e).__name__}: {first_line(e, '')}"[:500]
+        why = tracking.why_failed(e, tracking.store_of(cfg))
         log.warning("trial %s was not logged to MLflow (%s); its files: %s", number, why, job_dir)
         return metrics, why
     return metrics, None
+
+
+def write_trial(
+    job_dir: Path,
+    params: dict[str, Any],
+    steer: SteeringConfig,
+    rows: list[dict[str, Any]],
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """A trial's folder: its whole config, answers and metrics; its params (with its steering)."""
+    params = dict(params, steering=asdict(steer))
+    job_dir.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in params.items() if k != "resolved"}  # the trial's whole config
+    (job_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (job_dir / "responses.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    )
+    (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return params
+
+
+Folder = tuple[dict[str, Any], dict[str, float], list[dict[str, Any]]]  # config, metrics, rows
+
+
+class FolderError(ValueError):
+    """A trial folder with files that cannot be read; `got` holds those that can."""
+
+    def __init__(self, job_dir: Path, bad: dict[str, str], got: dict[str, Any]) -> None:
+        why = "; ".join(f"{name}: {reason}" for name, reason in bad.items())
+        super().__init__(f"folder {job_dir} is damaged ({why})")
+        self.bad, self.got = bad, got
+
+
+def read_trial(job_dir: Path) -> Folder:
+    """A recorded trial's folder, or a FolderError naming every file that cannot be read."""
+    parse = {"config.yaml": yaml.safe_load, "metrics.json": json.loads, "responses.jsonl": _rows}
+    need = {"config.yaml": "steering", "metrics.json": "coherence", "responses.jsonl": None}
+    got: dict[str, Any] = {}
+    bad: dict[str, str] = {}
+    for name, read in parse.items():
+        try:
+            value = read((job_dir / name).read_text(encoding="utf-8"))
+            if need[name] and (not isinstance(value, dict) or need[name] not in value):
+                raise ValueError(f"no {need[name]!r}")
+            got[name] = value
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            bad[name] = first_line(e, "")[:80]
+    if bad:
+        raise FolderError(job_dir, bad, got)
+    return got["config.yaml"], got["metrics.json"], got["responses.jsonl"]
+
+
+def _rows(text: str) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not all(isinstance(r, dict) for r in rows):
+        raise ValueError("a line is not a JSON object")
+    return rows
 
 
 def relog(
@@ -350,13 +400,12 @@ def relog(
     parent_run_id: str,
     span: tuple[float, float] | None,
     params: dict[str, Any],
+    folder: Folder,
 ) -> None:
-    """A recorded trial's MLflow run made from its folder (its logging failed, or its process
-    died between the folder and the run): what `record` would have logged."""
-    config = yaml.safe_load((job_dir / "config.yaml").read_text())
-    metrics = json.loads((job_dir / "metrics.json").read_text())
-    text = (job_dir / "responses.jsonl").read_text()
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    """A recorded trial's MLflow run made from its folder, as `read_trial` read it (its logging
+    failed, or its process died between the folder and the run): what `record` would have
+    logged."""
+    config, metrics, rows = folder
     params = dict(params, steering=config["steering"])
     name = f"trial-{number}"
     _log_trial(cfg, setup, params, rows, metrics, job_dir, number, name, parent_run_id, span)

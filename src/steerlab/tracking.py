@@ -8,6 +8,7 @@ costs seconds) and its per-run link printing is silenced.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -36,11 +37,25 @@ def _quiet() -> None:
     server that does not answer is retried a few times, not for minutes."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
-    # its store logs a traceback for every database error; steerlab reports them in one line
+    # its store logs a traceback for every database error, the HTTP pool a line for every
+    # retry; steerlab reports a failure in one line, its retries summed up (`why_failed`)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+def why_failed(e: BaseException, store: Store) -> str:
+    """A tracking failure in a few words: a silent server by URL and retries, else one line."""
+    from steerlab.config import redact
+    from steerlab.errors import first_line
+
+    unreachable = ("Max retries exceeded", "Connection refused", "NewConnectionError")
+    if isinstance(store, str) and any(w in str(e) for w in unreachable):
+        tries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+        return f"MLflow at {redact(store)} does not answer ({tries} retries)"
+    return f"{type(e).__name__}: {first_line(e, '')}"[:200]
 
 
 def store_of(cfg: DictConfig) -> Store:
@@ -84,16 +99,28 @@ def _create_local(uri: str) -> None:
 
 
 def check_store(store: Store) -> None:
-    """The store answers, or a one-line ConfigError naming it (before any work is done)."""
-    from steerlab.errors import ConfigError, first_line
+    """The store answers, or a one-line ConfigError naming it, before any work (a sqlite file
+    is read directly first: MLflow retries an unusable one for minutes)."""
+    from steerlab.errors import ConfigError
 
+    where = tracking_uri(store)
+    fix = "move the broken file away" if where.startswith("sqlite:///") else "check the server"
     try:
+        if where.startswith("sqlite:///"):
+            _check_sqlite(Path(where.removeprefix("sqlite:///")))
         client(store).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure: the store is unusable
-        reason = first_line(e)[:300]
-        where = tracking_uri(store)
-        fix = "move the broken file away" if isinstance(store, Path) else "check the server"
+        reason = why_failed(e, store)
         raise ConfigError(f"tracking store {where} is not usable ({reason}); {fix}") from None
+
+
+def _check_sqlite(db: Path) -> None:
+    """A sqlite store that exists is a file that opens and reads within seconds."""
+    import sqlite3
+
+    if db.exists():  # a folder in its place fails at once too
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
+            c.execute("select count(*) from sqlite_master").fetchone()
 
 
 def experiment_id(store: Store, name: str) -> str:

@@ -84,7 +84,8 @@ class SteerlabSweeper(Sweeper):
         infra = [e for e in errors if isinstance(e, InfraError)]
         refused = not infra and errors and len(errors) == len(summaries)
         for s in summaries if not refused else []:  # all refused: the one line below says it
-            print(s.text)
+            if s.text:  # a study that stopped has none: the error line below says it once
+                print(s.text)
         if infra or (errors and len(errors) == len(summaries)):  # one line, exit 2
             print(f"steerlab: error: {(infra or errors)[0]}", file=sys.stderr)
             sys.exit(2)

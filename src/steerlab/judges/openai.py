@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from steerlab.judges.llm import LLMJudge, Prompts, Reading, low_mass_note
 from steerlab.judges.logprobs import TopLogprobs, expected_score
 
 MAX_RETRY_AFTER = 60.0  # seconds; a server asking for longer is treated as down
+logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the run
 
 
 class JudgeEndpointError(InfraError):

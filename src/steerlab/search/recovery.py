@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from optuna.trial import FrozenTrial, TrialState
 from steerlab import runner as rn
 from steerlab import tracking
 from steerlab.config import SteeringConfig
-from steerlab.errors import first_line
 from steerlab.search import runs
 from steerlab.search import study as st
 from steerlab.search.strategies import Strategy
@@ -62,13 +62,21 @@ def log_missing(
     sweep_dir: Path,
     setup: rn.Setup,
     params: dict[str, Any],
+    steer_of: Callable[[FrozenTrial], SteeringConfig],
+    known: list[int] | None = None,
 ) -> list[int]:
     """Log COMPLETE trials that have no FINISHED MLflow run under the study's parent from their
     folders (their logging failed, or their worker died before it): MLflow mirrors the study,
-    one run per trial. Returns the numbers still unlogged."""
+    one run per trial. Every folder is read first, so all damaged ones are named in one pass
+    and rebuilt from the study (`steer_of`: a trial's steering). Returns the numbers still
+    unlogged: while the store cannot be read, `known` (those this run knows it could not log),
+    else every COMPLETE one."""
     todo = _missing(cfg, study, parent)
     if todo is None:  # the store cannot be read: fail fast, every trial waits for the next run
+        if known is not None:
+            return sorted(set(known))
         return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    folders = {t.number: _folder(sweep_dir / str(t.number), t, steer_of(t), params) for t in todo}
     if todo:
         with contextlib.suppress(Exception):  # the store is down: nothing to drop now either
             runs.drop_unfinished(tracking.store_of(cfg), parent, {t.number for t in todo})
@@ -78,21 +86,45 @@ def log_missing(
             left.append(t.number)
             continue
         span = (t.datetime_start.timestamp(), t.datetime_complete.timestamp())
+        job = sweep_dir / str(t.number)
         try:
-            rn.relog(cfg, setup, sweep_dir / str(t.number), t.number, parent, span, params)
+            rn.relog(cfg, setup, job, t.number, parent, span, params, folders[t.number])
         except Exception as e:  # noqa: BLE001 - listed, and tried again by the next run
-            log.warning("trial %d is not in MLflow yet (%s)", t.number, first_line(e))
+            why = tracking.why_failed(e, tracking.store_of(cfg))
+            log.warning("trial %d is not in MLflow yet (%s)", t.number, why)
             left.append(t.number)
     return left
 
 
-def unlogged(cfg: DictConfig, study: optuna.Study, parent: str | None) -> list[int]:
-    """Numbers of COMPLETE trials without a FINISHED MLflow run under the study's parent (every
-    one while the store cannot be read)."""
+def _folder(job: Path, t: FrozenTrial, steer: SteeringConfig, params: dict[str, Any]) -> rn.Folder:
+    """A trial's folder as read; a damaged one is named in one line and rebuilt from the study,
+    which holds the trial's steering and scores (answers that cannot be read are lost: their
+    file is kept beside as `<name>.damaged`)."""
+    try:
+        return rn.read_trial(job)
+    except rn.FolderError as e:
+        metrics = e.got.get("metrics.json") or {
+            k: float(v)
+            for k, v in t.user_attrs.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "fitness"
+        }
+        rows = e.got.get("responses.jsonl", [])
+        for name in e.bad:
+            if (job / name).exists():
+                (job / name).replace(job / f"{name}.damaged")
+        rn.write_trial(job, params, steer, rows, metrics)
+        lost = "; its answers are lost" if "responses.jsonl" in e.bad else ""
+        log.warning("trial %d: %s: rebuilt from the study%s", t.number, e, lost)
+        return rn.read_trial(job)
+
+
+def unlogged(
+    cfg: DictConfig, study: optuna.Study, parent: str | None, known: list[int]
+) -> list[int]:
+    """Numbers of COMPLETE trials without a FINISHED MLflow run under the study's parent; while
+    the store cannot be read, `known`: those this run knows it could not log."""
     missing = _missing(cfg, study, parent)
-    if missing is None:
-        missing = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [t.number for t in missing]
+    return sorted(set(known)) if missing is None else [t.number for t in missing]
 
 
 def _missing(cfg: DictConfig, study: optuna.Study, parent: str | None) -> list[FrozenTrial] | None:
@@ -103,7 +135,8 @@ def _missing(cfg: DictConfig, study: optuna.Study, parent: str | None) -> list[F
     try:
         have = runs.logged_trials(tracking.store_of(cfg), parent)
     except Exception as e:  # noqa: BLE001 - any failure: the store cannot say what it has
-        log.warning("MLflow store unreachable (%s); trials are logged by the next run", e)
+        why = tracking.why_failed(e, tracking.store_of(cfg))
+        log.warning("MLflow store unreachable (%s); trials are logged by the next run", why)
         return None
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return [t for t in done if t.number not in have]

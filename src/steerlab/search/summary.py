@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 
 import optuna
 from omegaconf import DictConfig
@@ -76,14 +77,20 @@ class Progress:
         )
 
 
-def _numbers(numbers: list[int]) -> str:
+def numbers(ns: Iterable[int]) -> str:
+    """Trial numbers as runs of consecutive ones, each once: `4`, `4-5`, `2-7, 9`."""
+    runs: list[list[int]] = []
+    for n in sorted(set(ns)):
+        if runs and runs[-1][1] == n - 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
+def _numbers(ns: list[int]) -> str:
     """`trial 4`, `trials 4-5`, `trials 4, 7`."""
-    ns = sorted(numbers)
-    if len(ns) == 1:
-        return f"trial {ns[0]}"
-    if ns == list(range(ns[0], ns[-1] + 1)):
-        return f"trials {ns[0]}-{ns[-1]}"
-    return "trials " + ", ".join(map(str, ns))
+    return f"trial{'s' if len(ns) > 1 else ''} {numbers(ns)}"
 
 
 def duration(seconds: float) -> str:

@@ -11,35 +11,30 @@ Pareto frontier at the end). The best valid trial is then confirmed on the held-
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from omegaconf import DictConfig
-from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from steerlab import confine, records, stats, timing, tracking
+from steerlab import confine, records, timing, tracking
 from steerlab import runner as rn
 from steerlab.checks import check
 from steerlab.combinations import place
-from steerlab.config import SteeringConfig, position_of, redact, root_of, steering_of
-from steerlab.ensembles import Ensemble, save_ensemble
+from steerlab.config import SteeringConfig, redact, root_of, steering_of
 from steerlab.errors import ConfigError, InfraError, first_line
 from steerlab.models import shape_of
-from steerlab.records import Trial
-from steerlab.search import points, recovery, runs
+from steerlab.search import finish, points, recovery, runs
 from steerlab.search import study as st
-from steerlab.search.pareto import frontier, plot_frontier, plot_layer_coef_map
+from steerlab.search.finish import Summary
 from steerlab.search.stop import Stopped, held, stopped_in
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
-from steerlab.search.summary import Progress, summary_text
+from steerlab.search.summary import Progress, numbers
 
 log = logging.getLogger("steerlab.sweeper")
 # failures of the world around a study (judge, disk, database): never the trial's own fault
@@ -47,17 +42,6 @@ INFRA = (InfraError, OSError, optuna.exceptions.StorageInternalError, SQLAlchemy
 OWN_STATE = ("adaptive", "cmaes_ensemble")  # samplers that keep their own (single) objective
 POLL = 2.0  # seconds between looks at other workers' trials in flight
 MAX_REPEATS = 20  # asks in a row of only known points before the space counts as exhausted
-
-
-@dataclass
-class Summary:
-    """What one study printed and found."""
-
-    text: str
-    best: Trial | None = None
-    pareto: list[Trial] = field(default_factory=list)
-    error: Exception | None = None
-    confirmation: stats.Confirmation | None = None
 
 
 def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
@@ -101,8 +85,10 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
     total = _total(cfg, strategy)
     repeated = 0  # asks in a row that found only points the study already has
     progress = Progress(total, int(search.batch_size), len(setup.questions))
-    not_logged = recovery.log_missing(cfg, study, parent, sweep_dir, setup, params)  # earlier runs'
+    steer_of = lambda t: strategy.steering(t, base)  # noqa: E731 - a trial's steering
+    not_logged = recovery.log_missing(cfg, study, parent, sweep_dir, setup, params, steer_of)
     pending: list[Any] = []
+    down: str | None = None  # why the tracking store failed: MLflow waits for the next run
     try:
         while True:
             recovery.adopt(study, strategy, base, sweep_dir, float(search.coherence_min), multi)
@@ -128,7 +114,7 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                 time.sleep(POLL)  # other workers' trials in flight: finish them if they die
                 continue
             steers = [strategy.steering(t, base) for t in trials]
-            pending, down = list(trials), None
+            pending = list(trials)
             progress.start([t.number for t in trials], done)
             with st.heartbeats(handle, trials), timing.stage("search", since=t_ask):
                 outcomes = _evaluate(runner, setup, steers, root_of(cfg))
@@ -145,7 +131,7 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                             cfg, setup, steer, outcome, job, t.number, parent, span, params,
                             down,
                         )  # fmt: skip
-                        down = down or error  # the store failed: the rest of the batch waits
+                        down = down or error  # the store failed: the rest of the run waits
                         if error:
                             t.set_user_attr("tracking_error", error)
                             not_logged.append(t.number)
@@ -163,34 +149,38 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
             raise stop from None
         return _stopped(label, why, n)
     trials = st.records(study, strategy, base, search.coherence_min)
+    if down:  # the store failed in this run: the end goes to the folder, MLflow waits
+        parent = None
     try:
         with timing.stage("confirm"):
-            confirmed = _confirm(runner, cfg, study, strategy, trials, setup, sweep_dir)
-        not_logged = recovery.log_missing(cfg, study, parent, sweep_dir, setup, params)
+            confirmed = finish.confirm(runner, cfg, study, strategy, trials, setup, sweep_dir)
+        if not down:
+            not_logged = recovery.log_missing(
+                cfg, study, parent, sweep_dir, setup, params, steer_of, not_logged
+            )
         with timing.stage("finish"):
-            summary = _finish(cfg, handle, trials, parent, sweep_dir, setup, searched, confirmed)
+            summary = finish.finish(
+                cfg, handle, trials, parent, sweep_dir, setup, searched, confirmed
+            )
     except Exception as e:  # the tracking store or the disk failed at the end: trials kept
         if stop := stopped_in(e):
             raise stop from None
         if not _infra(e):
             raise
-        why, missing = secret_free(e, cfg), recovery.unlogged(cfg, study, parent)
-        return Summary(
-            f"\n== {redact(label)}: {why}",
+        why, missing = secret_free(e, cfg), recovery.unlogged(cfg, study, parent, not_logged)
+        return Summary(  # the error line says it all: nothing printed twice
+            "",
             error=InfraError(
                 f"{why}; the study's trials are kept"
-                + (f", {len(missing)} not in MLflow yet ({missing})" if missing else "")
+                + (f", {len(missing)} not in MLflow yet ({numbers(missing)})" if missing else "")
                 + "; run the same command again to finish and log them"
             ),
         )
-    if not_logged:  # the mirror is incomplete: say so, and exit 2 so scripts notice
-        summary.text += (
-            f"\n{len(not_logged)} trial(s) not logged to MLflow ({not_logged}); their answers "
-            f"and metrics are in {sweep_dir}/<trial>/"
-        )
+    if not_logged:  # the mirror is incomplete: say so once, and exit 2 so scripts notice
+        cause = f": {down}" if down else ""
         summary.error = InfraError(
-            f"the study finished, but {len(not_logged)} trial(s) are not in MLflow yet "
-            f"({not_logged}); run the same command again to log them from their folders"
+            f"study done; {len(not_logged)} trial(s) not in MLflow yet ({numbers(not_logged)})"
+            f"{cause}; the same command again logs them from {sweep_dir.name}/<trial>/"
         )
     return summary
 
@@ -222,14 +212,9 @@ def _infra(e: BaseException) -> bool:
 
 
 def _stopped(label: str, why: str, given_back: int) -> Summary:
-    back = (
-        f"{given_back} trial(s) in flight were given back to the study (not counted); "
-        if given_back
-        else ""
-    )
-    return Summary(
-        f"\n== stopped ({redact(label)}): {why}\n{back}run the same command again to resume",
-        error=InfraError(f"{why} (the study resumes where it stopped)"),
+    back = f"{given_back} trial(s) in flight given back (not counted); " if given_back else ""
+    return Summary(  # the error line says it all: nothing printed twice
+        "", error=InfraError(f"{why}; {back}the same command again resumes the study")
     )
 
 
@@ -320,7 +305,7 @@ def _parent_run(
                 f"{cfg.search.grace_period} s: its creator died while placing it; start again"
             )
         if runs.run_exists(store, str(run_id)):
-            _close_orphans(store, str(run_id), study)
+            finish.close_orphans(store, str(run_id), study)
             return str(run_id)
         log.warning(
             "the study's MLflow parent run %s is not in %s (a moved or new store): a new one "
@@ -345,12 +330,6 @@ def _parent_run(
     return run_id
 
 
-def _close_orphans(store: tracking.Store, parent: str, study: optuna.Study) -> None:
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    if n := runs.close_orphans(store, parent, running):
-        log.warning("closed %d MLflow child run(s) a killed worker left running", n)
-
-
 def _log_setup(cfg: DictConfig, parent: str, setup: rn.Setup) -> None:
     """What every trial shares, on the parent run: elicited responses, vector, baseline."""
     with tracking.run(tracking.store_of(cfg), "", "", run_id=parent) as mlflow:
@@ -364,137 +343,3 @@ def _log_setup(cfg: DictConfig, parent: str, setup: rn.Setup) -> None:
                 {"baseline_trait": setup.base.trait, "baseline_coherence": setup.base.coherence}
             )
         )
-
-
-@dataclass(frozen=True)
-class Confirmed:
-    """The best trial's held-out evaluation: its answers' rows and the unsteered ones."""
-
-    rows: list[dict[str, Any]]
-    base_rows: list[dict[str, Any]]
-    record: stats.Confirmation
-
-
-CONFIRM_FILE = "confirmation.json"  # in the sweep folder: a finished study re-run reuses it
-
-
-def _confirm(
-    runner: rn.Runner,
-    cfg: DictConfig,
-    study: optuna.Study,
-    strategy: Strategy,
-    trials: list[Trial],
-    setup: rn.Setup,
-    sweep_dir: Path,
-) -> Confirmed | None:
-    """The best valid trial on the held-out questions (`confirm.*`), once per best trial: its
-    search score was chosen as the best of many on the search questions (optimistic), this one
-    was not."""
-    best = records.best(trials)
-    if best is None or not setup.held_out or setup.held_base is None:
-        return None
-    path = sweep_dir / CONFIRM_FILE
-    key = {"trial": best.number, "questions": setup.held_out}
-    try:  # a file a killed worker left half-written counts as absent
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
-    if isinstance(cached, dict) and {k: cached.get(k) for k in key} == key:
-        rows, base_rows = cached["rows"], cached["baseline"]
-    else:
-        [frozen] = [t for t in study.get_trials(deepcopy=False) if t.number == best.number]
-        steer = strategy.steering(frozen, steering_of(cfg))
-        log.info("confirming trial %d on %d held-out answer(s)", best.number, len(setup.held_out))
-        result = runner.confirm(setup, steer, root_of(cfg))
-        if result is None:
-            return None
-        rows, base_rows = result.rows, setup.held_base.rows
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # workers may finish together
-        tmp.write_text(json.dumps({**key, "rows": rows, "baseline": base_rows}, indent=1))
-        tmp.replace(path)
-    conf = stats.Confirmation.of(best.number, rows, base_rows, setup.coherence_min)
-    return Confirmed(rows, base_rows, conf)
-
-
-def _finish(
-    cfg: DictConfig,
-    handle: st.Handle,
-    trials: list[Trial],
-    parent: str | None,
-    sweep_dir: Path,
-    setup: rn.Setup,
-    searched: list[str],
-    confirmed: Confirmed | None = None,
-) -> Summary:
-    """The study's closing: trials.json, its parent run (trial table, Pareto frontier, best
-    trial, its confirmation, figures), the best child flagged, the runs-table view, the summary
-    text."""
-    failed, interrupted = st.n_failed(handle.study)
-    front = frontier([(t.trait, t.coherence) for t in trials])
-    best = records.best(trials)
-    (sweep_dir / "trials.json").write_text(json.dumps([t.row() for t in trials], indent=1))
-    if best and cfg.search.sampler == "cmaes_ensemble":
-        _save_ensemble(cfg, best, setup)
-    if parent:
-        store, cmin = tracking.store_of(cfg), cfg.search.coherence_min
-        _close_orphans(store, parent, handle.study)
-        with tracking.run(store, "", "", run_id=parent) as mlflow:
-            tracking.log_sweep(mlflow, trials, front, cmin)
-            mlflow.log_metrics(
-                {"n_complete": len(trials), "n_failed": failed, "pareto_size": len(front)}
-            )
-            if confirmed:
-                tracking.log_confirmation(
-                    mlflow, confirmed.record, confirmed.rows, confirmed.base_rows
-                )
-            if trials:
-                pareto = plot_frontier(trials, front, cmin, sweep_dir / "pareto.png", best)
-                mlflow.log_artifact(str(pareto))
-                grid = plot_layer_coef_map(trials, cmin, sweep_dir / "layer_coef_map.png", best)
-                if grid is not None:
-                    mlflow.log_artifact(str(grid))
-        runs.mark_best(store, parent, best.number if best else None)
-        view = runs.runs_view(store, tracking.experiment_name(cfg), parent, searched)
-    where = f"{handle.name!r} in {handle.url}"
-    ui = _ui_hint(cfg, parent, view) if parent else ""
-    conf = confirmed.record if confirmed else None
-    text = summary_text(cfg, trials, best, failed, interrupted, where, ui, conf)
-    return Summary(text, best, [trials[i] for i in front], confirmation=conf)
-
-
-def _ui_hint(cfg: DictConfig, parent: str, view: str) -> str:
-    """Where to look: every trial in the MLflow runs table (steerlab's shared view) and this
-    study's parent run, on a tracking server's own URL or `make ui` on the store."""
-    store = tracking.store_of(cfg)
-    exp = tracking.experiment_id(store, tracking.experiment_name(cfg))
-    run = f"#/experiments/{exp}/runs/{parent}?workflowType=machine_learning"
-    if isinstance(store, str) and store.startswith(("http://", "https://")):
-        base, how = redact(store).rstrip("/"), "MLflow:"
-    else:
-        where = f" STORE={redact(store)}" if isinstance(store, str) else f" ROOT={store}"
-        where = "" if store == Path.cwd().resolve() else where
-        base, how = "http://127.0.0.1:5000", f"MLflow: make ui{where}, then open"
-    return (
-        f"{how}\n  {base}/{view}  (every trial: scores, valid, best)\n"
-        f"  {base}/{run}  (this study: best trial, Pareto plot, layer x coef map)"
-    )
-
-
-def _save_ensemble(cfg: DictConfig, best: Trial, setup: rn.Setup) -> None:
-    ens = Ensemble(
-        str(setup.vector_path),
-        cfg.steering.component,
-        [la for la, _ in best.weights],
-        [w for _, w in best.weights],
-        cfg.steering.coef_units,
-        best.trait,
-        best.coherence,
-    )
-    ex = cfg.extraction
-    vec = records.key_name(ex.source, position_of(cfg), ex.method, "residual")
-    # e.g. evil-nat10_md-attn_contribution-L11-L13: methods and sources never collide
-    layers = "-".join(f"L{la}" for la in ens.layers)
-    name = f"{cfg.trait.name}-{vec}-{cfg.steering.component}-{layers}"
-    path = save_ensemble(ens, name, root_of(cfg))
-    log.info("saved ensemble %s (use steering.ensemble=%s)", path, name)
-    print(f"saved ensemble: {path}  ->  python -m steerlab steering.ensemble={name} ...")
