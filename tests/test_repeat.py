@@ -74,3 +74,24 @@ def test_the_same_commands_from_empty_roots_give_the_same_studies(tmp_path, mode
     third = studies(warm)
     for name in first:
         assert first[name] == third[name], name
+
+
+def test_a_configuration_scores_the_same_whatever_shares_its_batch(tmp_path, model16):
+    """bench/batch_invariance.py on the 16-layer random model: 4 configurations alone, together
+    and mixed into 12 give the same greedy answers, and the judge the same scores."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    args = [f"model.extraction={model16}", f"model.steering={model16}", "model.name=tiny16",
+            f"paths.root={tmp_path}", "extraction.max_pairs=8", "extraction.max_new_tokens=4",
+            "steering.max_new_tokens=8", "judge.options.calibration_dirs=[traits/evil]"]  # fmt: skip
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "batch_invariance.py"), *args],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    differing = re.findall(r"differing from alone: (\d+)/(\d+)", done.stdout)
+    assert len(differing) == 3 and all(d == "0" and n == "16" for d, n in differing), done.stdout
+    gaps = re.findall(r"difference ([\d.e+-]+), per-configuration mean ([\d.e+-]+)", done.stdout)
+    assert len(gaps) == 3 and all(float(a) == float(b) == 0 for a, b in gaps), done.stdout

@@ -22,7 +22,7 @@ import optuna
 from omegaconf import DictConfig
 from sqlalchemy.exc import SQLAlchemyError
 
-from steerlab import confine, records, timing, tracking
+from steerlab import confine, provenance, records, timing, tracking
 from steerlab import runner as rn
 from steerlab.checks import check
 from steerlab.combinations import place
@@ -331,8 +331,13 @@ def _parent_run(
 
 
 def _log_setup(cfg: DictConfig, parent: str, setup: rn.Setup) -> None:
-    """What every trial shares, on the parent run: elicited responses, vector, baseline."""
+    """What every trial shares, on the parent run: elicited responses, vector, baseline, and
+    what it takes to repeat the study (`provenance`)."""
+    models = {"steering": cfg.model.steering, "extraction": cfg.model.extraction}
+    facts = provenance.collect(cfg, models, setup.trait, setup.judge.identity, setup.model.device)
     with tracking.run(tracking.store_of(cfg), "", "", run_id=parent) as mlflow:
+        mlflow.set_tags(provenance.as_tags(facts))
+        mlflow.log_dict(facts, "provenance.json")
         if ex := setup.extraction_rows:  # none when steering a given vector file
             mlflow.log_table({k: [r[k] for r in ex] for k in ex[0]}, "extraction.json")
         mlflow.log_dict(setup.vector_meta(), "vector.json")
