@@ -94,3 +94,17 @@ def test_combos_expand_sweeps_params_and_arms():
         "trait=evil",
         "search.n_trials=3",
     ] in got
+
+
+def test_a_grid_study_tells_its_last_point_without_error():
+    """Optuna's GridSampler calls `study.stop()` after the grid's last point, which raises
+    outside `optimize`: the whole grid is told, every trial COMPLETE, and nothing raises."""
+    search = search_config(sampler="grid", n_trials=4, batch_size=2, options={"coef_points": 2})
+    strategy = Strategy(search, [0, 1])
+    study = optuna.create_study(sampler=make_sampler("grid", 0, strategy.grid_space()))
+    for _ in range(2):
+        for t in strategy.propose(study, 2):
+            strategy.tell(study, t, {"trait": 50.0, "coherence": 80.0}, 70.0)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 4
+    assert len({(t.params["layer"], t.params["coef"]) for t in study.trials}) == 4

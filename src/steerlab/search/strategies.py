@@ -131,11 +131,16 @@ class Strategy:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         if multi:
-            study.tell(trial, [trait, coherence])
+            values = [trait, coherence]
         elif self.search.sampler in RAW_VALUE_SAMPLERS:
-            study.tell(trial, [trait])
+            values = [trait]
         else:
-            study.tell(trial, [objective_value(trait, coherence, threshold)])
+            values = [objective_value(trait, coherence, threshold)]
+        try:
+            study.tell(trial, values)
+        except RuntimeError as e:  # GridSampler's last point calls `study.stop()`, which only
+            if "Study.stop" not in str(e):  # `optimize` allows; the trial is stored by then
+                raise
 
 
 def set_constraint(trial: optuna.trial.Trial, value: float) -> None:
