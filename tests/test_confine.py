@@ -6,7 +6,6 @@ pickle weights are read as plain tensors only: code in them never runs."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_steerlab, tiny_args, tiny_model
+from conftest import REPO, RunsCommand, run_steerlab, tiny_args, tiny_model
 from steerlab import confine
 from steerlab.data import TraitDataError, load_trait
 from steerlab.errors import ConfigError
@@ -151,16 +150,6 @@ def test_check_trait_reports_bad_bytes_and_long_items_once_each(tmp_path):
     long = [r for r in rows if "| long | steering.jsonl:21 |" in r]
     assert len(long) == 1 and "at most 2,000" in long[0], rows
     assert "at most 2,000 characters an item" in done.stdout
-
-
-class RunsCommand:
-    """Unpickling this runs a shell command: what hostile pickle weights hold."""
-
-    def __init__(self, command: str) -> None:
-        self.command = command
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return os.system, (self.command,)
 
 
 def test_pickle_weights_load_as_plain_tensors_and_code_in_them_never_runs(tmp_path: Path) -> None:

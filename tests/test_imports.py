@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from conftest import RunsCommand
+
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 MAX_LINES = 500
@@ -74,16 +76,6 @@ def test_no_module_is_over_500_lines():
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
-
-
-class RunsCommand:
-    """Unpickling this runs a shell command: what a hostile `.pt` holds."""
-
-    def __init__(self, command: str) -> None:
-        self.command = command
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return os.system, (self.command,)
 
 
 def test_a_pickle_holding_code_is_refused_in_one_line_without_running_it(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_a_configuration_scores_the_same_whatever_shares_its_batch(tmp_path, mod
 
     args = [f"model.extraction={model16}", f"model.steering={model16}", "model.name=tiny16",
             f"paths.root={tmp_path}", "extraction.max_pairs=8", "extraction.max_new_tokens=4",
-            "steering.max_new_tokens=8", "judge.options.calibration_dirs=[traits/evil]"]  # fmt: skip
+            "steering.max_new_tokens=8", SMALL[-1]]  # fmt: skip
     done = subprocess.run([sys.executable, str(REPO / "bench" / "batch_invariance.py"), *args],
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
