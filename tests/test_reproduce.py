@@ -64,3 +64,28 @@ def test_a_study_records_its_provenance_and_repeats_from_its_run_id(tmp_path, ti
     assert len(warnings) == 1 and warnings[0].startswith("warning: trait.questions.jsonl was ")
     missing = reproduce("0" * 32, "--root", str(a))
     assert missing.returncode == 2 and missing.stderr.startswith("steerlab.reproduce: error:")
+
+
+def test_a_model_is_identified_by_its_hub_revision_or_its_weights_hash(tmp_path, monkeypatch):
+    """A name in the local Hugging Face cache is its snapshot's revision (no 16 GB hash); a
+    folder is the sha256 of its weight files; anything else says it is unhashed."""
+    from steerlab.provenance import model_identity
+
+    hub = tmp_path / "hub"
+    snap = hub / "models--org--tiny" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (hub / "models--org--tiny" / "refs").mkdir()
+    (hub / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))  # read at call time
+    assert model_identity("org/tiny") == "revision:abc123"
+    folder = tmp_path / "local"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    first = model_identity(str(folder))
+    assert first.startswith("sha256:")
+    (folder / "model.safetensors").write_bytes(b"other weights")
+    assert model_identity(str(folder)) not in (first, "")
+    assert model_identity("org/not-cached") == "unhashed:org/not-cached"

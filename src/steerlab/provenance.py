@@ -63,6 +63,15 @@ def model_identity(ref: str, cache: Path | None = None) -> str:
     if is_random(ref):
         return ref
     path = Path(resolve_ref(ref))
+    if not path.is_dir():  # a Hub name: its snapshot in the local cache, if there is one
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(str(ref), local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached (or not a Hub name): said below
+            pass
+    if "snapshots" in path.parts:  # the Hub's own identity of those files
+        return f"revision:{path.parts[path.parts.index('snapshots') + 1]}"
     if path.is_dir():
         files = sorted(p for g in WEIGHTS for p in path.glob(g))
         if files:
@@ -70,8 +79,6 @@ def model_identity(ref: str, cache: Path | None = None) -> str:
             for p in files:
                 h.update(f"{p.name}:{sha256(p, cache)}\n".encode())
             return f"sha256:{h.hexdigest()}"
-    if "snapshots" in path.parts:
-        return f"revision:{path.parts[path.parts.index('snapshots') + 1]}"
     return f"unhashed:{ref}"
 
 
