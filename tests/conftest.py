@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,16 +46,23 @@ def _fingerprint() -> dict[str, tuple[int, int]]:
     return out
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest's own temporary folders go inside the suite's folder, which the end removes."""
+    if config.option.basetemp is None:
+        config.option.basetemp = str(WORK / "pytest")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_BEFORE] = _fingerprint()
     os.chdir(WORK)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    import shutil
-
     os.chdir(REPO)
-    shutil.rmtree(WORK, ignore_errors=True)  # the suite's own folder: nothing left in /tmp
+    if exitstatus == 0:  # the suite's own folder: nothing left in /tmp
+        shutil.rmtree(WORK, ignore_errors=True)
+    else:  # kept to read what failed
+        print(f"\nthe suite's files (pytest's tmp_path folders among them): {WORK}")
     before, after = session.config.stash.get(_BEFORE, {}), _fingerprint()
     touched = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     if touched:
@@ -427,6 +435,7 @@ def postgres():
     ).stdout.strip()  # fmt: skip
     yield {"url": url, "port": port, "dir": folder}
     subprocess.run([str(REPO / "scripts" / "postgres.sh"), "stop", str(folder)], timeout=60)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ def slurm():
     assert conf.returncode == 0, conf.stderr
     yield conf.stdout.strip()
     subprocess.run([str(REPO / "scripts" / "slurm.sh"), "stop", str(folder)], timeout=60)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def slurm_env(conf: str, pg: str, mlflow: str) -> dict[str, str]:
