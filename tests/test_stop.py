@@ -75,7 +75,7 @@ def test_a_stop_while_a_child_run_is_written_leaves_it_killed_and_tagged(tmp_pat
 
     folder = tmp_path / "trial"
     folder.mkdir()
-    for i in range(3000):  # copying these keeps the run open for seconds
+    for i in range(6000):  # copying these keeps the run open for seconds
         (folder / f"f{i}.txt").write_text("x" * 64)
     script = textwrap.dedent(f"""
         from pathlib import Path
