@@ -102,15 +102,10 @@ def collect(
     """The facts that decide a study's results, as a flat dict (`models`: role -> reference)."""
     from steerlab.config import cache_of, redact
 
-    commit, dirty = git_commit()
     hashes = cache_of(cfg) / "hashes.json"
     overrides = [redact(o) for o in cfg.hydra.overrides.task] if "hydra" in cfg else []
     return {
-        "steerlab": __version__,
-        "commit": commit,
-        "dirty": dirty,
-        "python": platform.python_version(),
-        **{p: metadata.version(p) for p in PACKAGES},
+        **software(),
         "device": device_name(device),
         **{f"model.{role}": model_identity(ref, hashes) for role, ref in models.items()},
         **{f"trait.{name}": h for name, h in trait_files(trait).items()},
@@ -119,6 +114,14 @@ def collect(
         "command": redact(shlex.join(["python", "-m", "steerlab", *sys.argv[1:]])),
         "overrides": json.dumps(overrides),
     }
+
+
+def software() -> dict[str, Any]:
+    """The code that runs: steerlab's version, commit and dirty flag, Python and packages."""
+    commit, dirty = git_commit()
+    packages = {p: metadata.version(p) for p in PACKAGES}
+    return {"steerlab": __version__, "commit": commit, "dirty": dirty,
+            "python": platform.python_version(), **packages}  # fmt: skip
 
 
 def as_tags(facts: dict[str, Any]) -> dict[str, str]:

@@ -11,7 +11,6 @@ import argparse
 import json
 import shlex
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +47,7 @@ def here(facts: dict[str, str], params: dict[str, str]) -> dict[str, str]:
 
     from steerlab.data import data_path, load_trait
 
-    commit, dirty = provenance.git_commit()
-    now: dict[str, Any] = {"steerlab": __version__, "commit": commit, "dirty": dirty}
-    now["python"] = sys.version.split()[0]
-    now |= {p: metadata.version(p) for p in provenance.PACKAGES}
+    now: dict[str, Any] = provenance.software()
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     now["device"] = provenance.device_name(device)
     for role in ("steering", "extraction"):
