@@ -1,4 +1,4 @@
-"""A worker told to stop (steerlab.search.stop): where the signal lands, and a second one."""
+"""A worker told to stop (steerlab.stop): where the signal lands, and a second one."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from steerlab.search.stop import Stopped, held, on_signals
+from steerlab.stop import Stopped, held, on_signals
 
 
 def test_a_signal_raises_where_the_worker_is_except_inside_held():
@@ -31,7 +31,7 @@ def test_a_signal_raises_where_the_worker_is_except_inside_held():
 def test_a_second_signal_exits_at_once():
     code = textwrap.dedent("""
         import os, signal, time
-        from steerlab.search.stop import Stopped, on_signals
+        from steerlab.stop import Stopped, on_signals
         with on_signals():
             try:
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -48,7 +48,7 @@ def test_a_stop_inside_a_database_call_is_still_a_stop():
     it first): the stop is found in the chain and handled as a stop, not a database failure."""
     from optuna.exceptions import StorageInternalError
 
-    from steerlab.search.stop import stopped_in
+    from steerlab.stop import stopped_in
 
     def commit():
         try:
@@ -80,7 +80,7 @@ def test_a_stop_while_a_child_run_is_written_leaves_it_killed_and_tagged(tmp_pat
     script = textwrap.dedent(f"""
         from pathlib import Path
         from steerlab.runlog import log_child
-        from steerlab.search.stop import on_signals
+        from steerlab.stop import on_signals
         with on_signals():
             log_child(Path({str(tmp_path)!r}), "stops", "trial-0", None, {{}}, {{}},
                       {{"trait": 1.0}}, folder=(Path({str(folder)!r}), "trial"))
@@ -98,3 +98,44 @@ def test_a_stop_while_a_child_run_is_written_leaves_it_killed_and_tagged(tmp_pat
     [run] = c.search_runs([c.get_experiment_by_name("stops").experiment_id])
     assert run.info.status == "KILLED", (run.info.status, proc.stderr.read()[-2000:])
     assert run.data.tags.get("steerlab.interrupted") == "true"
+
+
+@pytest.mark.parametrize("statement", ["INSERT INTO runs", "INSERT INTO metrics", "UPDATE runs"])
+def test_a_stop_inside_a_database_write_waits_for_it_and_the_run_ends_killed(tmp_path, statement):
+    """A SIGTERM that lands inside one of the run's database writes (sent by the worker to itself
+    as the statement runs) waits until the write is committed: a write cut short would keep the
+    SQLite lock, and the run could not be closed ("database is locked", left RUNNING)."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+        from steerlab.runlog import log_child
+        from steerlab.stop import Stopped, on_signals
+
+        def land(conn, cursor, sql, params, context, many):
+            if sql.startswith({statement!r}) and not getattr(land, "done", False):
+                land.done = True
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        event.listen(Engine, "before_cursor_execute", land)
+        try:
+            with on_signals():
+                log_child(Path({str(tmp_path)!r}), "stops", "trial-0", None, {{}}, {{"a": 1}},
+                          {{"trait": 1.0}})
+        except Stopped:
+            raise SystemExit(143)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    from steerlab import tracking
+
+    c = tracking.client(tmp_path)
+    [run] = c.search_runs([c.get_experiment_by_name("stops").experiment_id])
+    assert "database is locked" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    if statement == "UPDATE runs":  # the stop came as the run was closed FINISHED: it stays so
+        assert run.info.status == "FINISHED"
+    else:
+        assert run.info.status == "KILLED", proc.stderr[-2000:]
+        assert run.data.tags.get("steerlab.interrupted") == "true"

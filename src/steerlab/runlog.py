@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from steerlab.stop import held
 from steerlab.tracking import Store, client, experiment_id, flatten
 
 
@@ -35,20 +36,22 @@ def log_child(
     c = client(store)
     start, end = span or (time.time(), None)
     parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
-    made = c.create_run(
-        experiment_id(store, experiment),
-        start_time=int(start * 1000),
-        tags=resolve_tags({**tags, **parent}),
-        run_name=name,
-    )
-    run_id = made.info.run_id
-    try:
-        now = int(time.time() * 1000)
-        c.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            params=[Param(k, v) for k, v in flatten(params).items()],
-        )
+    run_id = None
+    try:  # a stop lands between database calls, never inside one (which would keep its lock)
+        with held():
+            run_id = c.create_run(
+                experiment_id(store, experiment),
+                start_time=int(start * 1000),
+                tags=resolve_tags({**tags, **parent}),
+                run_name=name,
+            ).info.run_id
+        with held():
+            now = int(time.time() * 1000)
+            c.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                params=[Param(k, v) for k, v in flatten(params).items()],
+            )
         for file, table in (tables or {}).items():
             c.log_table(run_id, dict(table), file)
         for file, d in (dicts or {}).items():
@@ -56,11 +59,14 @@ def log_child(
         if folder:
             c.log_artifacts(run_id, str(folder[0]), folder[1])
     except BaseException as e:
+        if run_id is None:
+            raise
         if stopped := _signalled(e):  # a stop is no failure of the trial: KILLED, as any stop
             c.set_tag(run_id, "steerlab.interrupted", "true")
         c.set_terminated(run_id, "KILLED" if stopped else "FAILED")
         raise
-    c.set_terminated(run_id, "FINISHED", end_time=int((end or time.time()) * 1000))
+    with held():
+        c.set_terminated(run_id, "FINISHED", end_time=int((end or time.time()) * 1000))
     return run_id
 
 

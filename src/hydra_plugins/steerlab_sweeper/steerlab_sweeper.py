@@ -62,7 +62,7 @@ class SteerlabSweeper(Sweeper):
         self.runner = Runner()  # models and setups shared by every study of this sweep
 
     def sweep(self, arguments: list[str]) -> list[Any]:
-        from steerlab.search.stop import Stopped, on_signals
+        from steerlab.stop import Stopped, on_signals
         from steerlab.search.sweep import run_study
 
         summaries = []

@@ -32,7 +32,7 @@ from steerlab.models import shape_of
 from steerlab.search import finish, points, recovery, runs
 from steerlab.search import study as st
 from steerlab.search.finish import Summary
-from steerlab.search.stop import Stopped, held, stopped_in
+from steerlab.stop import Stopped, held, stopped_in
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
 from steerlab.search.summary import Progress, numbers
 
