@@ -112,3 +112,42 @@ def test_damaged_trial_folders_are_named_in_one_pass_and_rebuilt_from_the_study(
         )
     third = run_steerlab(*args, timeout=300)
     assert third.returncode == 0 and "rebuilt" not in third.stdout + third.stderr, third.stderr
+
+
+def test_mlflow_keeps_one_run_per_complete_trial_when_workers_logged_one_twice(tmp_path, tiny_dir):
+    """Workers that log a missing trial at the same moment each make a FINISHED run of it, and a
+    run logged before its trial's tell failed belongs to no COMPLETE trial (CI: 19 runs for 9
+    trials after a database restart). The next run makes MLflow mirror the study again: one
+    run per COMPLETE trial, the same one whichever worker cleans, the best flag kept."""
+    import mlflow
+
+    from steerlab.runlog import log_child
+
+    root = tmp_path / "root"
+    args = [*tiny_args(root, tiny_dir), "search.n_trials=4"]
+    first = run_steerlab(*args, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    exps = [e.experiment_id for e in client.search_experiments()]
+
+    def trial_runs() -> list:
+        return [r for r in client.search_runs(exps, "attributes.status = 'FINISHED'")
+                if r.data.tags.get("steerlab.kind") == "trial"]  # fmt: skip
+
+    runs = {r.data.tags["steerlab.trial"]: r for r in trial_runs()}
+    assert sorted(runs) == ["0", "1", "2", "3"]
+    best = next(n for n, r in runs.items() if r.data.tags.get("steerlab.best") == "true")
+    for n in (best, best, "7"):  # the best trial logged twice more; trial 7 is not in the study
+        r = runs[best]
+        tags = {k: v for k, v in r.data.tags.items() if k.startswith("steerlab.")}
+        log_child(root, client.get_experiment(r.info.experiment_id).name, f"trial-{n}",
+                  r.data.tags["mlflow.parentRunId"], {**tags, "steerlab.trial": n},
+                  {}, r.data.metrics)  # fmt: skip
+    assert len(trial_runs()) == 7
+
+    again = run_steerlab(*args, timeout=300)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    left = trial_runs()
+    assert sorted(r.data.tags["steerlab.trial"] for r in left) == ["0", "1", "2", "3"]
+    assert [r.data.tags["steerlab.trial"] for r in left
+            if r.data.tags.get("steerlab.best") == "true"] == [best]  # fmt: skip

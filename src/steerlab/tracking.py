@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -145,15 +145,20 @@ def experiment_id(store: Store, name: str) -> str:
 
 
 def set_experiment_tag(c: Any, experiment_id: str, key: str, value: str) -> None:
-    """`set_experiment_tag`, safe when workers set one new tag at once: the server inserts a
-    new tag, and all but one insert fail on its key; set again, it is an update."""
+    """`set_experiment_tag`, safe when workers set one new tag at once (`racing`)."""
+    racing(c.set_experiment_tag, experiment_id, key, value)
+
+
+def racing(write: Callable[..., Any], *args: Any) -> Any:
+    """`write(*args)` (a tag set), safe when workers set one new tag at once: the store inserts
+    a new tag, and all but one insert fail on its key; set again, it is an update."""
     for attempt in range(3):
         try:
-            c.set_experiment_tag(experiment_id, key, value)
-            return
+            return write(*args)
         except Exception as e:
             if attempt == 2 or not any(w in str(e).lower() for w in ("unique", "duplicate")):
                 raise
+    return None
 
 
 def rounded(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -284,9 +289,11 @@ def log_sweep(
                 }
             )
         )
-        mlflow.set_tags(best_tags(best))
+        racing(mlflow.set_tags, best_tags(best))  # every worker's finish sets them at once
     else:
-        mlflow.set_tag("best.trial", f"none: no trial reached coherence >= {coherence_min:g}")
+        racing(
+            mlflow.set_tag, "best.trial", f"none: no trial reached coherence >= {coherence_min:g}"
+        )
     if (high := records.best_at(trials)) is not None:
         mlflow.log_metric(records.HIGH_COHERENCE_METRIC, round(float(high.delta), 2))
     return best
@@ -319,7 +326,7 @@ def put_table(mlflow: Any, table: Mapping[str, list], file: str) -> None:
     tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
     kinds = json.loads(tags.get("mlflow.loggedArtifacts", "[]"))  # the UI's table views
     if (entry := {"path": file, "type": "table"}) not in kinds:
-        mlflow.set_tag("mlflow.loggedArtifacts", json.dumps([*kinds, entry]))
+        racing(mlflow.set_tag, "mlflow.loggedArtifacts", json.dumps([*kinds, entry]))
 
 
 def best_tags(best: Trial) -> dict[str, str]:

@@ -62,8 +62,8 @@ class SteerlabSweeper(Sweeper):
         self.runner = Runner()  # models and setups shared by every study of this sweep
 
     def sweep(self, arguments: list[str]) -> list[Any]:
-        from steerlab.stop import Stopped, on_signals
         from steerlab.search.sweep import run_study
+        from steerlab.stop import Stopped, on_signals
 
         summaries = []
         try:

@@ -93,6 +93,8 @@ def log_missing(
             why = tracking.why_failed(e, tracking.store_of(cfg))
             log.warning("trial %d is not in MLflow yet (%s)", t.number, why)
             left.append(t.number)
+    if len(left) < len(todo):  # another worker may have logged one at once: keep one run each
+        _missing(cfg, study, parent)
     return left
 
 
@@ -132,11 +134,15 @@ def _missing(cfg: DictConfig, study: optuna.Study, parent: str | None) -> list[F
     a parent: tracking is off)."""
     if not parent:
         return []
+    store = tracking.store_of(cfg)
     try:
-        have = runs.logged_trials(tracking.store_of(cfg), parent)
+        logged = runs.logged_trials(store, parent)  # before the study: see `runs.mirror`
+        trials = study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        live = {t.number for t in trials if not t.state.is_finished()}
+        have = runs.mirror(store, logged, {t.number for t in done}, live)
     except Exception as e:  # noqa: BLE001 - any failure: the store cannot say what it has
-        why = tracking.why_failed(e, tracking.store_of(cfg))
+        why = tracking.why_failed(e, store)
         log.warning("MLflow store unreachable (%s); trials are logged by the next run", why)
         return None
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return [t for t in done if t.number not in have]

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from steerlab import records
-from steerlab.tracking import Store, client, set_experiment_tag
+from steerlab.tracking import Store, client, racing, set_experiment_tag
 
 BEST_TAG = "steerlab.best"  # "true" on the child run of the sweep's best valid trial
 # MLflow's shared views: an experiment tag `mlflow.sharedViewState.<key>` holding the runs
@@ -47,7 +47,7 @@ def mark_best(store: Store, parent_run_id: str, number: int | None) -> str | Non
     found = c.search_runs([exp], query, max_results=1)
     if not found:
         return None
-    c.set_tag(found[0].info.run_id, BEST_TAG, "true")
+    racing(c.set_tag, found[0].info.run_id, BEST_TAG, "true")  # every worker's finish does
     return found[0].info.run_id
 
 
@@ -109,10 +109,37 @@ def _children(
     return c, [(r, records.as_int(r.data.tags.get(records.TRIAL_TAG))) for r in found]
 
 
-def logged_trials(store: Store, parent_run_id: str) -> set[int]:
-    """Trial numbers with a FINISHED child run under the sweep's parent run."""
+def logged_trials(store: Store, parent_run_id: str) -> dict[int, list[str]]:
+    """The FINISHED child runs under the sweep's parent run, by trial number (their run ids,
+    sorted)."""
     _, kids = _children(store, parent_run_id, "= 'FINISHED'")
-    return {n for _, n in kids if n is not None}
+    out: dict[int, list[str]] = {}
+    for r, n in kids:
+        if n is not None:
+            out.setdefault(n, []).append(r.info.run_id)
+    return {n: sorted(ids) for n, ids in out.items()}
+
+
+def mirror(
+    store: Store, logged: dict[int, list[str]], complete: set[int], live: set[int]
+) -> set[int]:
+    """Make MLflow mirror the study, one FINISHED run per COMPLETE trial; the numbers that have
+    theirs. `logged` is read before the study's `complete` and `live` (RUNNING or WAITING)
+    trials: a live trial's run may be one whose tell is still to come, and is left alone.
+    Deleted: the runs of a trial that ended otherwise (its tell failed, the database down; it
+    was closed and re-tried) and all but the first run id of a COMPLETE trial logged twice
+    (workers that logged a missing trial at once). Every worker keeps the same one, so two
+    cleaning at once never delete both; the best flag moves to it."""
+    c = client(store)
+    for n, ids in logged.items():
+        if n in live:
+            continue
+        extra = ids[1:] if n in complete else ids
+        for run_id in extra:
+            if n in complete and c.get_run(run_id).data.tags.get(BEST_TAG) == "true":
+                racing(c.set_tag, ids[0], BEST_TAG, "true")
+            c.delete_run(run_id)
+    return {n for n in logged if n in complete}
 
 
 def drop_unfinished(store: Store, parent_run_id: str, numbers: set[int]) -> None:

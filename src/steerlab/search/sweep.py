@@ -32,9 +32,9 @@ from steerlab.models import shape_of
 from steerlab.search import finish, points, recovery, runs
 from steerlab.search import study as st
 from steerlab.search.finish import Summary
-from steerlab.stop import Stopped, held, stopped_in
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
 from steerlab.search.summary import Progress, numbers
+from steerlab.stop import Stopped, held, stopped_in
 
 log = logging.getLogger("steerlab.sweeper")
 # failures of the world around a study (judge, disk, database): never the trial's own fault
