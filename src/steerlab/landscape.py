@@ -25,6 +25,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from steerlab import prog
 from steerlab.cache import KeyedJsonlStore
 
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from steerlab.config import register
     from steerlab.data import CONF_DIR
 
-    p = argparse.ArgumentParser(prog="python -m steerlab.landscape", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("steerlab.landscape"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--coefs", type=int, default=12, help="log-spaced coefficients a layer")
     p.add_argument("--dense", type=int, default=3, help="more around the best (0: none)")

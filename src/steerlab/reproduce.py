@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from steerlab import __version__, provenance
+from steerlab import __version__, prog, provenance
 
 
 def recorded(store: Any, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -79,7 +79,7 @@ def differences(facts: dict[str, str], now: dict[str, str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m steerlab.reproduce", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("steerlab.reproduce"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("run_id", help="a study's MLflow parent run id, or one of its trials'")
     p.add_argument("--root", type=Path, default=Path("."), help="where mlruns/ is (default: .)")

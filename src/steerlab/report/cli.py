@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from steerlab import prog
 from steerlab.records import KIND
 from steerlab.report.figures import FIGURES, draw
 from steerlab.report.gather import build
@@ -16,7 +17,7 @@ from steerlab.report.sections import render
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m steerlab.report",
+        prog=prog("steerlab.report"),
         description="Write a Markdown report (tables + figures) of the sweeps in an MLflow store.",
     )
     p.add_argument(
