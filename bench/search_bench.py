@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 
 from steerlab.search import points
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
+from steerlab.search.summary import COVERED, convergence
 from steerlab.search.sweep import MAX_REPEATS, OWN_STATE
 
 STRATEGIES = ("tpe", "gp", "cmaes", "nsga2", "grid", "random", "adaptive", "axbench", "tpe_sh")
@@ -397,6 +398,31 @@ def summarize(runs: Sequence[Run]) -> list[Row]:
     return rows
 
 
+HELPS = 1.0  # trait points: twice the trials "helped" if the regret fell by at least this
+
+
+def hint_accuracy(
+    land: Landscape, runs: Sequence[Run], batch: int = 4, covered: float = COVERED
+) -> tuple[int, int]:
+    """How often the closing convergence hint is right: (right, judged). A run at budget b is
+    judged when the same strategy and seed also ran 2b: "more trials would likely help" is right
+    if the 2b run's regret is at least `HELPS` lower, "would likely change little" if not. The
+    hint sees what the study saw: each trial's search validity and trait, pruned ones invalid."""
+    by = {(r.strategy, r.seed, r.budget): r for r in runs}
+    right = judged = 0
+    for (s, seed, b), r in by.items():
+        if (twice := by.get((s, seed, 2 * b))) is None:
+            continue
+        seen = [
+            (not pruned and land.search_valid(land.configs[i]), land.configs[i].trait)
+            for i, _, pruned in r.trials
+        ]
+        more = convergence(seen, batch, covered).more
+        right += more == (r.regret - twice.regret >= HELPS)
+        judged += 1
+    return right, judged
+
+
 def full_grid(land: Landscape) -> tuple[float, bool, int, int]:
     """Every config of the landscape evaluated: (regret, invalid, trials, judge calls)."""
     regret, invalid = land.score(land.pick(range(len(land.configs))))
@@ -481,8 +507,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for path in args.landscapes:
         land = load_landscape(path, expect or None)
-        rows = summarize(bench(land, strategies, args.seeds, budgets, args.batch_size, args.jobs))
+        runs = bench(land, strategies, args.seeds, budgets, args.batch_size, args.jobs)
+        rows = summarize(runs)
         print(table(land, rows) + "\n")
+        right, judged = hint_accuracy(land, runs, args.batch_size)
+        if judged:
+            print(f"convergence hint right on {right}/{judged} = {right / judged:.0%} of the runs "
+                  f"with a run of twice the budget beside them\n")  # fmt: skip
         print(f"plot: {plot(land, rows, args.out)}\n")
 
 

@@ -156,3 +156,26 @@ def test_table_and_plot(land, tmp_path: Path) -> None:
     text = sb.table(land, rows)
     assert "| random | 8 |" in text and "| axbench | 4 |" in text and "| full grid | 30 |" in text
     assert sb.plot(land, rows, tmp_path).stat().st_size > 0
+
+
+def test_the_convergence_hint_follows_its_rule_and_is_scored_against_twice_the_budget(land):
+    from steerlab.search.summary import convergence
+
+    assert convergence([], 4).more and "no valid trial in 0" in convergence([], 4).text
+    few = [(False, 50.0)] * 5 + [(True, 30.0)] * 4  # 4 of 9 valid: the coherent region thin
+    assert convergence(few, 4).more and "4 of 9 trials valid" in convergence(few, 4).text
+    covered = [(True, 30.0), (True, 40.0), (True, 40.0), (False, 90.0), (True, 35.0)]
+    hint = convergence(covered, 2)
+    assert not hint.more and "the best at 2" in hint.text  # the first to reach 40
+    assert "(in the last batch)" in convergence([(True, 1.0), (True, 2.0)], 1).text
+    runs = sb.bench(land, ["tpe", "random"], 3, [4, 8, 16])
+    right, judged = sb.hint_accuracy(land, runs)
+    assert judged == 2 * 3 * 2  # budgets 4 and 8 have a run of twice their budget beside them
+    assert 0 <= right <= judged and (right, judged) == sb.hint_accuracy(land, runs)
+    always = sb.hint_accuracy(land, runs, covered=2.0)  # every hint says "more trials"
+    helped = sum(
+        r.regret - t.regret >= sb.HELPS
+        for r in runs for t in runs
+        if (t.strategy, t.seed, t.budget) == (r.strategy, r.seed, 2 * r.budget)
+    )  # fmt: skip
+    assert always == (helped, judged)

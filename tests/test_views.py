@@ -240,6 +240,12 @@ def test_mlflow_parent_run_holds_the_best_trial_not_config_defaults(swept):
     assert p.tags["best.layer"] == str(best.layer)
     assert float(p.tags["best.coef"]) == pytest.approx(best.coef, rel=1e-3)
     assert p.metrics["best_trait"] == round(best.trait, 2)
+    from steerlab.search.summary import convergence
+
+    hint = convergence([(t.valid, t.trait) for t in sorted(trials, key=lambda t: t.number)], 2)
+    assert p.tags["convergence"] == hint.text  # the one the summary printed
+    assert p.tags["convergence.more"] == str(hint.more).lower()
+    assert f"convergence: {hint.text}" in swept[4]
     view = json.loads(exp.tags[runs.VIEW_TAG])
     assert view["orderByKey"] == "metrics.`objective`"
     assert view["runsExpanded"] == {parent.info.run_id: True}

@@ -24,7 +24,7 @@ from steerlab.search import runs
 from steerlab.search import study as st
 from steerlab.search.pareto import frontier, plot_frontier, plot_layer_coef_map
 from steerlab.search.strategies import Strategy
-from steerlab.search.summary import summary_text
+from steerlab.search.summary import convergence, summary_text
 
 log = logging.getLogger("steerlab.sweeper")
 
@@ -109,11 +109,15 @@ def finish(
     (sweep_dir / "trials.json").write_text(json.dumps([t.row() for t in trials], indent=1))
     if best and cfg.search.sampler == "cmaes_ensemble":
         _save_ensemble(cfg, best, setup)
+    ordered = sorted(trials, key=lambda t: t.number or 0)
+    hint = convergence([(t.valid, t.trait) for t in ordered], int(cfg.search.batch_size))
     if parent:
         store, cmin = tracking.store_of(cfg), cfg.search.coherence_min
         close_orphans(store, parent, handle.study)
         with tracking.run(store, "", "", run_id=parent) as mlflow:
             tracking.log_sweep(mlflow, trials, front, cmin)
+            said = {"convergence": hint.text, "convergence.more": str(hint.more).lower()}
+            tracking.racing(mlflow.set_tags, said)
             mlflow.log_metrics(
                 {"n_complete": len(trials), "n_failed": failed, "pareto_size": len(front)}
             )
@@ -132,7 +136,7 @@ def finish(
     where = f"{handle.name!r} in {handle.url}"
     ui = _ui_hint(cfg, parent, view) if parent else ""
     conf = confirmed.record if confirmed else None
-    text = summary_text(cfg, trials, best, failed, interrupted, where, ui, conf)
+    text = summary_text(cfg, trials, best, failed, interrupted, where, ui, conf, hint.text)
     return Summary(text, best, [trials[i] for i in front], confirmation=conf)
 
 

@@ -1,13 +1,15 @@
 """What a study says while it runs and when it ends: a line per batch of trials (`Progress`) and
 the closing summary (`summary_text`): counts, the best valid and strongest invalid trials with
-their 95% CIs, the best valid trial and its held-out confirmation, where to look further."""
+their 95% CIs, the best valid trial and its held-out confirmation, a convergence hint, where to
+look further."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import optuna
 from omegaconf import DictConfig
@@ -105,6 +107,39 @@ def duration(seconds: float) -> str:
 
 
 TOP_VALID, TOP_INVALID = 5, 3  # rows of the closing table
+COVERED = 0.5  # at least this share of the trials valid: the coherent region is covered
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Whether more trials would likely find a better valid configuration, and why, in a line."""
+
+    more: bool
+    text: str
+
+
+def convergence(
+    trials: Sequence[tuple[bool, float]], batch: int, covered: float = COVERED
+) -> Convergence:
+    """The study's own verdict on its budget, from its trials (valid, trait) in the order they
+    were asked. Chosen by the landscape replay (docs/search.md), where when the best came (last
+    batch or not) did not predict whether twice the trials lower the regret, but how much of
+    the search was coherent did a little: fewer than `covered` of the trials valid means the
+    coherent region is barely explored and more trials would likely help; otherwise they would
+    likely change little (a noisy pick on few questions limits the regret, not the trials)."""
+    n = len(trials)
+    valid = [i for i, (ok, _) in enumerate(trials) if ok]
+    if not valid:
+        return Convergence(True, f"no valid trial in {n}: more trials, or a narrower coefficient "
+                                 "range, would likely help")  # fmt: skip
+    best = max(valid, key=lambda i: (trials[i][1], -i))  # the first to reach the best trait
+    late = " (in the last batch)" if best >= n - max(batch, 1) else ""
+    said = f"{len(valid)} of {n} trials valid, the best at {best + 1}{late}"
+    if len(valid) < covered * n:
+        return Convergence(True, f"{said}: more trials, or a narrower coefficient range, would "
+                                 "likely help")  # fmt: skip
+    return Convergence(False, f"{said}: more trials would likely change little; more questions "
+                              "per trial would tell the best apart better")  # fmt: skip
 
 
 def summary_text(
@@ -116,10 +151,11 @@ def summary_text(
     storage: str,
     ui: str = "",
     confirmation: Confirmation | None = None,
+    hint: str = "",
 ) -> str:
     """The study's closing lines: counts; the best valid trials, then the strongest invalid ones
     (a high trait score bought with incoherent text), each marked with why it does not count;
-    the best valid trial; where to look further."""
+    the best valid trial; the convergence `hint`; where to look further."""
     study_of = cfg.combine.strategy or (
         f"{cfg.extraction.source} {position_of(cfg)} {cfg.extraction.method}"
     )
@@ -172,6 +208,8 @@ def summary_text(
             )
     else:
         lines.append(f"no trial reached mean coherence >= {cmin:g}")
+    if hint:
+        lines.append(f"convergence: {hint}")
     if ui:
         lines.append(ui)
     return "\n".join(lines)
