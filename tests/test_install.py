@@ -62,6 +62,7 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         "steerlab/traits/evil/natural.jsonl",
         "steerlab/traits/evil/calibration.jsonl",
         "steerlab/traits/FORMAT.md",
+        "steerlab/assets/bpe-smollm2.json.gz",
         "hydra_plugins/steerlab_sweeper/steerlab_sweeper.py",
     ):
         assert want in names, want

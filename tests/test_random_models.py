@@ -137,3 +137,27 @@ def test_the_sweep_bench_runs_its_studies_and_prints_its_line(tmp_path):
     assert all(0 <= f <= 1 for f in fracs) and abs(sum(fracs) - 1) < 0.01
     assert float(got["trials_per_hour"]) > 0 and float(got["first_trial_s"]) > 0
     assert "| search/generate |" in r.stdout and "| search/judge |" in r.stdout
+
+
+def test_a_real_shape_tokenizes_as_a_real_model_and_never_picks_an_id_past_it():
+    """A shape with a real vocabulary gets the shipped SmolLM2 BPE (its prompts take the tokens a
+    real model's do: ~4 characters a token, not the byte tokenizer's ~2.2); the shape's extra
+    ids keep their weights but are never generated, also under a random judge's digit head."""
+    from steerlab.generation import GenConfig, generate
+    from steerlab.models import BPE_SIZE, numeric_head, random_model, random_tokenizer
+
+    text = " ".join(json.loads(x)["question"] for x in (REPO / "traits/evil/questions.jsonl")
+                    .read_text().splitlines())  # fmt: skip
+    real, old = random_tokenizer(128256), byte_tokenizer(128256)
+    assert len(real) == BPE_SIZE and len(text) / len(real(text)["input_ids"]) > 3.5
+    assert len(text) / len(old(text)["input_ids"]) < 2.8
+    shape = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=2, num_key_value_heads=1, vocab_size=60000)  # fmt: skip
+    lm = random_model(shape, dtype="float32", device="cpu", seed=1)
+    assert lm.model.get_output_embeddings().weight.shape[0] == 60000  # the shape's compute
+    prompts = [lm.tokenizer(q)["input_ids"] for q in ("Hello there.", "What do you do?")]
+    out = generate(lm, prompts, GenConfig(max_new_tokens=12, batch_size=2, engine="eager"))
+    assert all(i < BPE_SIZE for s in out for i in s.response_ids) and all(s.text for s in out)
+    numeric_head(lm)
+    bias = lm.model.get_output_embeddings().bias
+    assert bool((bias[BPE_SIZE:] < -1e3).all()) and float(bias[:BPE_SIZE].max()) > 0

@@ -416,6 +416,41 @@ def byte_tokenizer(vocab_size: int | None = None) -> PreTrainedTokenizerBase:
     return fast
 
 
+BPE_ASSET = Path(__file__).parent / "assets" / "bpe-smollm2.json.gz"  # scripts/bpe_asset.py
+BPE_SIZE = 49152
+CHATML = (  # SmolLM2's own chat format, so a chat prompt takes the tokens a real one does
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+UNUSED_LOGIT = -1e4  # the head's bias on ids past the tokenizer's: never picked
+
+
+def bpe_tokenizer() -> PreTrainedTokenizerBase:
+    """SmolLM2's byte-level BPE (49,152 ids, shipped with steerlab; `scripts/bpe_asset.py`), for
+    random models of a real shape: their prompts then take as many tokens as a real model's
+    (the byte tokenizer's filler merges made them ~1.8x longer, `bench/token_ratio.py`)."""
+    import gzip
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(gzip.decompress(BPE_ASSET.read_bytes()).decode())
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+    )
+    fast.chat_template = CHATML
+    return fast
+
+
+def random_tokenizer(vocab_size: int | None) -> PreTrainedTokenizerBase:
+    """A random model's tokenizer: the real BPE for a shape with at least its 49,152 ids (a real
+    model's), the byte tokenizer grown to the size of a smaller (test) shape."""
+    return bpe_tokenizer() if (vocab_size or 0) >= BPE_SIZE else byte_tokenizer(vocab_size)
+
+
 def random_model(
     shape: str | dict[str, Any],
     dtype: str = "auto",
@@ -424,15 +459,16 @@ def random_model(
     arch: dict[str, str] | None = None,
     **overrides: Any,
 ) -> LoadedModel:
-    """A randomly initialised model of a real (or given) shape with the byte tokenizer (grown
-    to the shape's vocabulary when the shape names one)."""
+    """A randomly initialised model of a real (or given) shape with `random_tokenizer`'s
+    tokenizer; the ids past it (a shape's vocabulary is larger than the BPE's) keep their
+    weights, so the compute is the shape's, but the head's bias keeps them from being picked."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if isinstance(shape, str) and shape not in SHAPES:
         raise ModelError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
     kw = dict(SHAPES[shape] if isinstance(shape, str) else shape) | overrides
-    tok = byte_tokenizer(kw.get("vocab_size"))
+    tok = random_tokenizer(kw.get("vocab_size"))
     kw.setdefault("vocab_size", len(tok))
     kw["vocab_size"] = max(kw["vocab_size"], len(tok))
     cfg = AutoConfig.for_model(
@@ -448,6 +484,11 @@ def random_model(
         model = AutoModelForCausalLM.from_config(cfg, dtype=pick_dtype(dtype, dev))
     model.eval()
     model.generation_config.eos_token_id = tok.eos_token_id
+    if cfg.vocab_size > len(tok):
+        head = model.get_output_embeddings()
+        bias = torch.zeros(cfg.vocab_size, dtype=head.weight.dtype, device=head.weight.device)
+        bias[len(tok) :] = UNUSED_LOGIT
+        head.bias = torch.nn.Parameter(bias, requires_grad=False)
     name = shape if isinstance(shape, str) else "custom"
     return wrap_model(model, tok, f"{RANDOM}{name}" + (f"@{seed}" if seed else ""), arch)
 
@@ -465,6 +506,8 @@ def numeric_head(lm: LoadedModel, spread: float = 1.5, boost: float = 20.0) -> N
     with torch.no_grad():  # final-norm outputs have norm ~sqrt(d): logit std = sqrt(d) x row std
         w[digits] *= spread / (w[digits].float().std().item() * lm.hidden_size**0.5)
         bias = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        if head.bias is not None:  # ids past the tokenizer's stay unpicked
+            bias.copy_(head.bias)
         bias[digits] = boost
         bias[digits[7:]] += 8.0
     head.bias = torch.nn.Parameter(bias, requires_grad=False)
