@@ -15,7 +15,8 @@ import yaml
 
 from steerlab.data import CONF_DIR, load_trait
 from steerlab.judges.llm import KINDS, Prompts
-from steerlab.models import SHAPES, byte_tokenizer, embedded_path, random_tokenizer
+from steerlab.models import SHAPES, embedded_path
+from steerlab.vocab import byte_tokenizer, random_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE_NAMES = ("llama-3.1-8b", "qwen2.5-7b", "smollm2-135m")

@@ -1,6 +1,6 @@
 """Write `src/steerlab/assets/bpe-smollm2.json.gz`: the embedded model's byte-level BPE tokenizer
 (SmolLM2, 49,152 ids, Apache-2.0), which random-weight models of a real shape use so that their
-prompts take as many tokens as a real model's (`steerlab.models.bpe_tokenizer`).
+prompts take as many tokens as a real model's (`steerlab.vocab.bpe_tokenizer`).
 
     python scripts/bpe_asset.py
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 import gzip
 import json
 
-from steerlab.models import BPE_ASSET, embedded_path
+from steerlab.models import embedded_path
+from steerlab.vocab import BPE_ASSET
 
 
 def main() -> None:

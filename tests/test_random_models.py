@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import REPO, WORK, run_steerlab
-from steerlab.models import SHAPES, ModelError, byte_tokenizer, load_model, shape_of
+from steerlab.models import SHAPES, ModelError, load_model, shape_of
+from steerlab.vocab import byte_tokenizer
 
 STUDY = [
     "-m",
@@ -144,7 +145,8 @@ def test_a_real_shape_tokenizes_as_a_real_model_and_never_picks_an_id_past_it():
     real model's do: ~4 characters a token, not the byte tokenizer's ~2.2); the shape's extra
     ids keep their weights but are never generated, also under a random judge's digit head."""
     from steerlab.generation import GenConfig, generate
-    from steerlab.models import BPE_SIZE, numeric_head, random_model, random_tokenizer
+    from steerlab.models import numeric_head, random_model
+    from steerlab.vocab import BPE_SIZE, random_tokenizer
 
     text = " ".join(json.loads(x)["question"] for x in (REPO / "traits/evil/questions.jsonl")
                     .read_text().splitlines())  # fmt: skip

@@ -279,7 +279,7 @@ def test_workers_setting_one_new_experiment_tag_at_once_all_succeed(mlflow_serve
             c = tracking.client(mlflow_server)
             start.wait()
             try:
-                tracking.set_experiment_tag(c, exp, f"race.{key}", str(i))
+                tracking.racing(c.set_experiment_tag, exp, f"race.{key}", str(i))
             except Exception as e:  # noqa: BLE001 - collected, asserted below
                 errors.append(e)
 

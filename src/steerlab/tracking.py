@@ -131,7 +131,7 @@ def experiment_id(store: Store, name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if EXPERIMENT_KIND not in exp.tags:  # made by an earlier version
-            set_experiment_tag(c, exp.experiment_id, EXPERIMENT_KIND, RUNS_VIEW_KIND)
+            racing(c.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND, RUNS_VIEW_KIND)
         return exp.experiment_id
     location = (
         (store / "mlruns" / "artifacts").resolve().as_uri() if isinstance(store, Path) else None
@@ -144,11 +144,6 @@ def experiment_id(store: Store, name: str) -> str:
         return c.get_experiment_by_name(name).experiment_id
 
 
-def set_experiment_tag(c: Any, experiment_id: str, key: str, value: str) -> None:
-    """`set_experiment_tag`, safe when workers set one new tag at once (`racing`)."""
-    racing(c.set_experiment_tag, experiment_id, key, value)
-
-
 def racing(write: Callable[..., Any], *args: Any) -> Any:
     """`write(*args)` (a tag set), safe when workers set one new tag at once: the store inserts
     a new tag, and all but one insert fail on its key; set again, it is an update."""
@@ -158,7 +153,6 @@ def racing(write: Callable[..., Any], *args: Any) -> Any:
         except Exception as e:
             if attempt == 2 or not any(w in str(e).lower() for w in ("unique", "duplicate")):
                 raise
-    return None
 
 
 def rounded(metrics: Mapping[str, Any]) -> dict[str, float]:

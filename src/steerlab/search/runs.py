@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from steerlab import records
-from steerlab.tracking import Store, client, racing, set_experiment_tag
+from steerlab.tracking import Store, client, racing
 
 BEST_TAG = "steerlab.best"  # "true" on the child run of the sweep's best valid trial
 # MLflow's shared views: an experiment tag `mlflow.sharedViewState.<key>` holding the runs
@@ -80,7 +80,7 @@ def runs_view(store: Store, experiment: str, parent_run_id: str, searched: list[
         "datasetsFilter": [],
         "modelVersionFilter": "All Runs",
     }
-    set_experiment_tag(c, exp.experiment_id, VIEW_TAG, json.dumps(state))
+    racing(c.set_experiment_tag, exp.experiment_id, VIEW_TAG, json.dumps(state))
     return (
         f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
         f"&viewStateShareKey={VIEW_KEY}"
