@@ -207,6 +207,8 @@ def test_heartbeats_keep_a_remote_workers_trials_and_expire_a_dead_ones(tmp_path
     from hydra import compose, initialize_config_dir
 
     from steerlab.config import register
+    from steerlab.search import liveness
+    from steerlab.search import storage as sto
     from steerlab.search import study as st
     from steerlab.search.strategies import Strategy
 
@@ -216,12 +218,12 @@ def test_heartbeats_keep_a_remote_workers_trials_and_expire_a_dead_ones(tmp_path
     handle = st.open_study(cfg, tmp_path, ["maximize"])
     live, dead = Strategy(cfg.search, [1, 2]).propose(handle.study, 2)
     for t in (live, dead):
-        t.set_user_attr(st.WORKER, "some-other-host:4242")
-    with st.heartbeats(handle, [dead]):
+        t.set_user_attr(sto.WORKER, "some-other-host:4242")
+    with liveness.heartbeats(handle, [dead]):
         time.sleep(0.5)  # one beat, then its worker "dies"
-    with st.heartbeats(handle, [live]):
+    with liveness.heartbeats(handle, [live]):
         time.sleep(4.5)  # the live one keeps beating past the grace period
-        closed = st.close_dead(handle.study)
+        closed = liveness.close_dead(handle.study)
     assert closed == []  # not a local worker: Optuna's heartbeat check closed it
     states = {t.number: t.state for t in handle.study.get_trials(deepcopy=False)}
     assert states[dead.number] == TrialState.FAIL and states[live.number] == TrialState.RUNNING

@@ -20,7 +20,7 @@ from steerlab import runner as rn
 from steerlab.config import position_of, redact, root_of, steering_of
 from steerlab.ensembles import Ensemble, save_ensemble
 from steerlab.records import Trial
-from steerlab.search import runs
+from steerlab.search import liveness, runs
 from steerlab.search import study as st
 from steerlab.search.pareto import frontier, plot_frontier, plot_layer_coef_map
 from steerlab.search.strategies import Strategy
@@ -103,7 +103,7 @@ def finish(
     """The study's closing: trials.json, its parent run (trial table, Pareto frontier, best
     trial, its confirmation, figures), the best child flagged, the runs-table view, the summary
     text."""
-    failed, interrupted = st.n_failed(handle.study)
+    failed, interrupted = liveness.n_failed(handle.study)
     front = frontier([(t.trait, t.coherence) for t in trials])
     best = records.best(trials)
     (sweep_dir / "trials.json").write_text(json.dumps([t.row() for t in trials], indent=1))

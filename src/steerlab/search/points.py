@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from steerlab.search.study import worker_id
+from steerlab.search.storage import worker_id
 
 
 def sampler_seed(seed: int, study: optuna.Study, created: bool) -> int:

@@ -21,8 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from steerlab import runner as rn
 from steerlab import tracking
 from steerlab.config import SteeringConfig
-from steerlab.search import runs
-from steerlab.search import study as st
+from steerlab.search import liveness, runs
 from steerlab.search.strategies import Strategy
 
 log = logging.getLogger("steerlab.sweeper")
@@ -39,7 +38,7 @@ def adopt(
     """Trials a dead worker had recorded (its folder has its metrics: the process died between
     writing them and telling the study) are told COMPLETE from that folder, not evaluated again:
     its MLflow run, if any, stays its one run."""
-    for t in st.dead(study):
+    for t in liveness.dead(study):
         job = sweep_dir / str(t.number)
         try:
             steered = yaml.safe_load((job / "config.yaml").read_text())["steering"]

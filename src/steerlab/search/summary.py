@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from steerlab import records
 from steerlab.config import position_of
 from steerlab.records import Trial
-from steerlab.search import study as st
+from steerlab.search import liveness
 from steerlab.stats import Confirmation, fmt_ci
 
 log = logging.getLogger("steerlab.sweeper")
@@ -54,7 +54,7 @@ class Progress:
     def end(self, study: optuna.Study, coherence_min: float) -> None:
         took = time.time() - self.started
         self.times.append(took)
-        done = st.counted(study)
+        done = liveness.counted(study)
         left = max(self.total - done, 0)
         eta = sum(self.times) / len(self.times) * math.ceil(left / self.size)
         valid = [

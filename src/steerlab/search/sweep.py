@@ -29,7 +29,8 @@ from steerlab.combinations import place
 from steerlab.config import SteeringConfig, redact, root_of, steering_of
 from steerlab.errors import ConfigError, InfraError, first_line
 from steerlab.models import shape_of
-from steerlab.search import finish, points, recovery, runs
+from steerlab.search import finish, liveness, points, recovery, runs
+from steerlab.search import storage as sto
 from steerlab.search import study as st
 from steerlab.search.finish import Summary
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
@@ -92,8 +93,8 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
     try:
         while True:
             recovery.adopt(study, strategy, base, sweep_dir, float(search.coherence_min), multi)
-            st.close_dead(study)
-            done, flying = st.counted(study), len(st.running(study))
+            liveness.close_dead(study)
+            done, flying = liveness.counted(study), len(liveness.running(study))
             if done >= total:
                 break
             left = total - done - flying
@@ -101,28 +102,28 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
             with held():  # a stop waits until what was asked carries this worker's name
                 trials = strategy.propose(study, min(search.batch_size, left)) if left > 0 else []
                 for t in trials:
-                    t.set_user_attr(st.WORKER, st.worker_id())
+                    t.set_user_attr(sto.WORKER, sto.worker_id())
                 pending = list(trials)  # asked, not yet told: what a stop gives back
             fresh = points.drop_repeats(study, trials)  # a point another trial has: asked again
             repeated = repeated + 1 if trials and not fresh else 0
-            trials = st.release_surplus(study, fresh, total)
+            trials = liveness.release_surplus(study, fresh, total)
             if not trials:
                 if 0 < repeated <= MAX_REPEATS:
                     continue
-                if len(st.running(study)) == 0 and left > 0:
+                if len(liveness.running(study)) == 0 and left > 0:
                     break  # the strategy has nothing left to propose
                 time.sleep(POLL)  # other workers' trials in flight: finish them if they die
                 continue
             steers = [strategy.steering(t, base) for t in trials]
             pending = list(trials)
             progress.start([t.number for t in trials], done)
-            with st.heartbeats(handle, trials), timing.stage("search", since=t_ask):
+            with liveness.heartbeats(handle, trials), timing.stage("search", since=t_ask):
                 outcomes = _evaluate(runner, setup, steers, root_of(cfg))
                 span = progress.evaluated()
                 for t, steer, outcome in zip(trials, steers, outcomes, strict=True):
                     if isinstance(outcome, Exception):  # the configuration's own failure
                         log.warning("trial %d failed: %s", t.number, secret_free(outcome, cfg))
-                        st.fail(study, t, secret_free(outcome, cfg))
+                        liveness.fail(study, t, secret_free(outcome, cfg))
                         pending.remove(t)
                         continue
                     job = sweep_dir / str(t.number)
@@ -192,11 +193,11 @@ def _give_back(
     not counted) and the MLflow child runs a half-recorded one left RUNNING (KILLED, tagged
     interrupted); how many went back."""
     try:
-        running = st.running(study)
+        running = liveness.running(study)
         back = [t for t in asked if t.number in running]
         for t in back:
-            st.give_back(study, t, why)
-        others = st.running(study)
+            liveness.give_back(study, t, why)
+        others = liveness.running(study)
     except INFRA:  # the database is down: the others' close_dead re-tries them
         return 0
     if parent and cfg.tracking.enabled:
@@ -257,7 +258,7 @@ def secret_free(e: BaseException | str, cfg: DictConfig) -> str:
 def _storage_of(cfg: DictConfig) -> str:
     """The study storage's URL, password masked, for messages."""
     try:
-        return st.masked(st.storage_url(cfg, Path(str(cfg.hydra.sweep.dir)).resolve()))
+        return sto.masked(sto.storage_url(cfg, Path(str(cfg.hydra.sweep.dir)).resolve()))
     except Exception:  # noqa: BLE001 - a message's detail: the setting as given
         return redact(str(cfg.search.storage))
 
