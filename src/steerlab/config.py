@@ -83,6 +83,17 @@ class SteeringConfig:
 
 
 @dataclass
+class PruneConfig:
+    """Pruning over questions (`search/pruning.py`): every trial of a batch answers the `first`
+    share of the search questions, then a trial clearly incoherent, or clearly worse than the
+    best valid trial (one-sided tests at level `p`), stops there: PRUNED, never a result."""
+
+    enabled: bool = False
+    first: float = 0.5  # share of the search questions answered before the decision
+    p: float = 0.1  # what "clearly" means: the tests' significance level
+
+
+@dataclass
 class SearchConfig:
     sampler: str = "tpe"  # tpe | gp | nsga2 | cmaes | grid | adaptive | cmaes_ensemble
     n_trials: int = 12
@@ -99,6 +110,7 @@ class SearchConfig:
     heartbeat_interval: int = 10  # seconds between a worker's heartbeats (database storages)
     grace_period: int = 60  # a trial without a heartbeat this long belonged to a dead worker
     options: dict[str, Any] = field(default_factory=dict)  # sampler-specific settings
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
 
 @dataclass

@@ -78,6 +78,13 @@ def _aggregate(
     return Result(trait, coh, coh >= coherence_min, baseline, rows)
 
 
+def joined(rows: Sequence[dict], coherence_min: float, baseline: float | None) -> Result:
+    """One configuration's result from the rows of its passes (in the questions' order): what
+    one pass over all the questions gives."""
+    trait, coh = _mean([r["trait"] for r in rows]), _mean([r["coherence"] for r in rows])
+    return Result(trait, coh, coh >= coherence_min, baseline, list(rows))
+
+
 def _judge(
     judge: Judge, trait: TraitData, questions: Sequence[str], answers: Sequence[str], cache: Path
 ) -> list[JudgeScore]:

@@ -25,7 +25,7 @@ from steerlab.checks import check, random_refs
 from steerlab.config import SteeringConfig, cache_of, position_of, root_of
 from steerlab.errors import ConfigError, first_line
 from steerlab.positions import parse_position
-from steerlab.records import objective
+from steerlab.records import PRUNED, PRUNED_TAG, objective
 from steerlab.runlog import log_child
 from steerlab.stats import fmt_ci, intervals_of, score_intervals
 
@@ -258,8 +258,15 @@ class Runner:
         )
         return result
 
-    def evaluate(self, setup: Setup, steers: Sequence[SteeringConfig], root: Path) -> list[Result]:
-        """Every configuration on every steering question in one batched generate."""
+    def evaluate(
+        self,
+        setup: Setup,
+        steers: Sequence[SteeringConfig],
+        root: Path,
+        questions: Sequence[str] | None = None,
+    ) -> list[Result]:
+        """Every configuration on every steering question (or on `questions`, a part of them)
+        in one batched generate."""
         from steerlab.evaluate import evaluate
 
         return evaluate(
@@ -267,7 +274,7 @@ class Runner:
             setup.judge,
             setup.trait,
             [self.terms(setup, s, root) for s in steers],
-            setup.questions,
+            setup.questions if questions is None else questions,
             setup.gen,
             setup.cache,
             setup.base,
@@ -310,13 +317,18 @@ def record(
     span: tuple[float, float] | None = None,
     params: dict[str, Any] | None = None,
     skip_log: str | None = None,
+    pruned: bool = False,
 ) -> tuple[dict[str, float], str | None]:
     """Write a trial's folder (config, answers, metrics) and its MLflow run; its metrics, and
     why it could not be logged to MLflow (None when it was). `span`: when its batch started and
     ended (seconds since the epoch), the run's start and end times. `params`: the study's
     `tracking.run_params(cfg)`, computed once by a caller that records many trials.
-    `skip_log`: why not to try MLflow now (it just failed; the next run logs the folder)."""
+    `skip_log`: why not to try MLflow now (it just failed; the next run logs the folder).
+    `pruned`: the result covers only the questions answered before the trial was pruned; its
+    metrics say so (`pruned`, `questions`) and it is never valid."""
     metrics = metrics_of(result, setup)
+    if pruned:
+        metrics |= {"valid": 0.0, PRUNED: 1.0, "questions": float(len(result.rows))}
     params = write_trial(job_dir, params or tracking.run_params(cfg), steer, result.rows, metrics)
     if not cfg.tracking.enabled:
         return metrics, None
@@ -429,7 +441,9 @@ def _log_trial(
     tags = {"steerlab.kind": "trial", "steerlab.vector": str(setup.vector_path)}
     if number is not None:
         tags["steerlab.trial"] = str(number)
-    rank = objective(metrics["trait"], metrics["coherence"], setup.coherence_min)
+    rank = {"objective": objective(metrics["trait"], metrics["coherence"], setup.coherence_min)}
+    if metrics.get(PRUNED):  # partial: never ranked among the results
+        tags[PRUNED_TAG], rank = "true", {}
     cols = ("question", "answer", "trait", "coherence", "note")
     log_child(
         tracking.store_of(cfg),
@@ -438,7 +452,7 @@ def _log_trial(
         parent_run_id,
         tags,
         params,
-        tracking.rounded({**metrics, "objective": rank}),
+        tracking.rounded({**metrics, **rank}),
         tables={"responses.json": {k: [r[k] for r in rows] for k in cols}},
         dicts={"vector.json": setup.vector_meta()},
         folder=(job_dir, "job"),

@@ -119,7 +119,12 @@ def finish(
             said = {"convergence": hint.text, "convergence.more": str(hint.more).lower()}
             tracking.racing(mlflow.set_tags, said)
             mlflow.log_metrics(
-                {"n_complete": len(trials), "n_failed": failed, "pareto_size": len(front)}
+                {
+                    "n_complete": len(trials),
+                    "n_failed": failed,
+                    "n_pruned": liveness.n_pruned(handle.study),
+                    "pareto_size": len(front),
+                }
             )
             if confirmed:
                 tracking.log_confirmation(

@@ -18,6 +18,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from steerlab.search.pruning import recorded
 from steerlab.search.storage import WORKER, Retry
 
 if TYPE_CHECKING:
@@ -121,10 +122,11 @@ def running(study: optuna.Study) -> set[int]:
 
 
 def counted(study: optuna.Study) -> int:
-    """Trials that use up `search.n_trials`: completed, or failed by themselves (an `error`).
-    Trials closed because their worker died, and surplus ones given back, do not count."""
+    """Trials that use up `search.n_trials`: completed, pruned over questions, or failed by
+    themselves (an `error`). Trials closed because their worker died, and surplus ones given
+    back, do not count."""
     return sum(
-        t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and ERROR in t.user_attrs)
+        recorded(t) or (t.state == TrialState.FAIL and ERROR in t.user_attrs)
         for t in study.get_trials(deepcopy=False)
     )
 
@@ -134,6 +136,13 @@ def n_failed(study: optuna.Study) -> tuple[int, int]:
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     own = sum(ERROR in t.user_attrs for t in failed)
     return own, len(failed) - own
+
+
+def n_pruned(study: optuna.Study) -> int:
+    """Trials pruned over questions (not the surplus given back, PRUNED too)."""
+    return sum(
+        t.state == TrialState.PRUNED and recorded(t) for t in study.get_trials(deepcopy=False)
+    )
 
 
 def fail(study: optuna.Study, trial: optuna.trial.Trial, error: str) -> None:

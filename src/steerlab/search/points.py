@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from steerlab.search import pruning
 from steerlab.search.storage import worker_id
 
 
@@ -30,12 +31,16 @@ def sampler_seed(seed: int, study: optuna.Study, created: bool) -> int:
 
 
 def repeats(study: optuna.Study, trials: Sequence[optuna.trial.Trial]) -> list[int]:
-    """Asked trials whose parameters a COMPLETE or RUNNING trial already has (or an earlier
+    """Asked trials whose parameters a COMPLETE, pruned or RUNNING trial already has (or an earlier
     one of `trials`): the no-point-asked-twice rule. A retry repeats its failed trial, which is
     neither, so it passes unless another retry or trial has its point; points placed on purpose
     (`search.enqueue`, a strategy's placements) always pass."""
     asked = {t.number for t in trials}
-    known = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    known = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.RUNNING or pruning.recorded(t)  # a pruned point is known
+    ]
     seen = {_key(t.params) for t in known if t.number not in asked and t.params}
     fixed = {
         t.number

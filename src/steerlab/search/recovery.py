@@ -16,12 +16,13 @@ from typing import Any
 import optuna
 import yaml
 from omegaconf import DictConfig
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from steerlab import runner as rn
 from steerlab import tracking
 from steerlab.config import SteeringConfig
-from steerlab.search import liveness, runs
+from steerlab.records import PRUNED
+from steerlab.search import liveness, pruning, runs
 from steerlab.search.strategies import Strategy
 
 log = logging.getLogger("steerlab.sweeper")
@@ -48,9 +49,12 @@ def adopt(
         if steered != asdict(strategy.steering(t, base)):
             continue  # a folder of another study's trial of the same number
         with contextlib.suppress(ValueError, RuntimeError):  # another worker was first
-            strategy.tell(
-                study, optuna.trial.Trial(study, t._trial_id), scores, coherence_min, multi
-            )
+            trial = optuna.trial.Trial(study, t._trial_id)
+            if scores.get(PRUNED):
+                why = "pruned over questions (told from its folder)"
+                pruning.tell(study, trial, scores, why, coherence_min)
+            else:
+                strategy.tell(study, trial, scores, coherence_min, multi)
             log.info("trial %d: recorded by a worker that died, completed from %s", t.number, job)
 
 
@@ -64,17 +68,17 @@ def log_missing(
     steer_of: Callable[[FrozenTrial], SteeringConfig],
     known: list[int] | None = None,
 ) -> list[int]:
-    """Log COMPLETE trials that have no FINISHED MLflow run under the study's parent from their
-    folders (their logging failed, or their worker died before it): MLflow mirrors the study,
-    one run per trial. Every folder is read first, so all damaged ones are named in one pass
-    and rebuilt from the study (`steer_of`: a trial's steering). Returns the numbers still
-    unlogged: while the store cannot be read, `known` (those this run knows it could not log),
-    else every COMPLETE one."""
+    """Log recorded trials (COMPLETE, or pruned over questions) that have no FINISHED MLflow
+    run under the study's parent from their folders (their logging failed, or their worker died
+    before it): MLflow mirrors the study, one run per trial. Every folder is read first, so
+    all damaged ones are named in one pass and rebuilt from the study (`steer_of`: a trial's
+    steering). Returns the numbers still unlogged: while the store cannot be read, `known`
+    (those this run knows it could not log), else every recorded one."""
     todo = _missing(cfg, study, parent)
     if todo is None:  # the store cannot be read: fail fast, every trial waits for the next run
         if known is not None:
             return sorted(set(known))
-        return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        return [t.number for t in study.get_trials(deepcopy=False) if pruning.recorded(t)]
     folders = {t.number: _folder(sweep_dir / str(t.number), t, steer_of(t), params) for t in todo}
     if todo:
         with contextlib.suppress(Exception):  # the store is down: nothing to drop now either
@@ -122,22 +126,22 @@ def _folder(job: Path, t: FrozenTrial, steer: SteeringConfig, params: dict[str, 
 def unlogged(
     cfg: DictConfig, study: optuna.Study, parent: str | None, known: list[int]
 ) -> list[int]:
-    """Numbers of COMPLETE trials without a FINISHED MLflow run under the study's parent; while
+    """Numbers of recorded trials without a FINISHED MLflow run under the study's parent; while
     the store cannot be read, `known`: those this run knows it could not log."""
     missing = _missing(cfg, study, parent)
     return sorted(set(known)) if missing is None else [t.number for t in missing]
 
 
 def _missing(cfg: DictConfig, study: optuna.Study, parent: str | None) -> list[FrozenTrial] | None:
-    """COMPLETE trials without a FINISHED run; None if the store cannot be read (none without
-    a parent: tracking is off)."""
+    """Recorded trials (COMPLETE, or pruned) without a FINISHED run; None if the store cannot
+    be read (none without a parent: tracking is off)."""
     if not parent:
         return []
     store = tracking.store_of(cfg)
     try:
         logged = runs.logged_trials(store, parent)  # before the study: see `runs.mirror`
         trials = study.get_trials(deepcopy=False)
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        done = [t for t in trials if pruning.recorded(t)]  # COMPLETE, or pruned
         live = {t.number for t in trials if not t.state.is_finished()}
         have = runs.mirror(store, logged, {t.number for t in done}, live)
     except Exception as e:  # noqa: BLE001 - any failure: the store cannot say what it has

@@ -123,7 +123,8 @@ def logged_trials(store: Store, parent_run_id: str) -> dict[int, list[str]]:
 def mirror(
     store: Store, logged: dict[int, list[str]], complete: set[int], live: set[int]
 ) -> set[int]:
-    """Make MLflow mirror the study, one FINISHED run per COMPLETE trial; the numbers that have
+    """Make MLflow mirror the study, one FINISHED run per recorded trial (`complete`: COMPLETE,
+    or pruned over questions); the numbers that have
     theirs. `logged` is read before the study's `complete` and `live` (RUNNING or WAITING)
     trials: a live trial's run may be one whose tell is still to come, and is left alone.
     Deleted: the runs of a trial that ended otherwise (its tell failed, the database down; it

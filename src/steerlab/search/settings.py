@@ -26,7 +26,11 @@ SPEED = (
     "breaker",
     "deadline",
 )
-NOT_SETTINGS = ("n_trials", "enqueue", "options", "storage", "heartbeat_interval", "grace_period")
+# what a search varies, or how it spends its budget (pruning changes which trials finish,
+# never a finished trial's scores): a study resumed with other values still compares
+NOT_SETTINGS = (
+    "n_trials", "enqueue", "options", "storage", "heartbeat_interval", "grace_period", "prune",
+)  # fmt: skip
 # settings saved by earlier versions under other names; keys they saved that no longer exist
 # (e.g. the offline judge's unused `judge.model`) cannot differ now and are not compared
 RENAMED = {"search.coef": "search.coef_range", "search.layers": "search.layer_range"}

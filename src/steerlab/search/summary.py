@@ -68,12 +68,14 @@ class Progress:
             if top
             else f"no valid trial yet (coherence >= {coherence_min:g})"
         )
+        cut = liveness.n_pruned(study)
         log.info(
-            "%s done in %s: %d/%d trials; %s; eta %s",
+            "%s done in %s: %d/%d trials%s; %s; eta %s",
             self.label,
             duration(took),
             done,
             self.total,
+            f" ({cut} pruned)" if cut else "",
             best,
             duration(eta) if left else "0s",
         )

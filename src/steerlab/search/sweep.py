@@ -26,10 +26,10 @@ from steerlab import confine, provenance, records, timing, tracking
 from steerlab import runner as rn
 from steerlab.checks import check
 from steerlab.combinations import place
-from steerlab.config import SteeringConfig, redact, root_of, steering_of
+from steerlab.config import redact, root_of, steering_of
 from steerlab.errors import ConfigError, InfraError, first_line
 from steerlab.models import shape_of
-from steerlab.search import finish, liveness, points, recovery, runs
+from steerlab.search import batches, finish, liveness, points, pruning, recovery, runs
 from steerlab.search import storage as sto
 from steerlab.search import study as st
 from steerlab.search.finish import Summary
@@ -51,6 +51,7 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
     search = cfg.search
     try:  # the storage and the study's settings first: a refusal costs no model load
         check(cfg)
+        pruning.check(search)
         sweep_dir = confine.sweep_dir(cfg)  # names were checked: a sweep stays under paths.root
         if cfg.tracking.enabled:
             tracking.check_store(tracking.store_of(cfg))
@@ -66,6 +67,8 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
             points.sampler_seed(search.seed, study, handle.created),
             strategy.grid_space(),
         )
+        if search.prune.enabled:
+            study.pruner = pruning.QuestionPruner(float(search.coherence_min), search.prune.p)
         searched = strategy.searched()
         with timing.stage("mlflow"):
             parent = _parent_run(cfg, handle, sweep_dir, searched)
@@ -118,7 +121,12 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
             pending = list(trials)
             progress.start([t.number for t in trials], done)
             with liveness.heartbeats(handle, trials), timing.stage("search", since=t_ask):
-                outcomes = _evaluate(runner, setup, steers, root_of(cfg))
+                if search.prune.enabled:
+                    outcomes = batches.staged(
+                        runner, setup, steers, root_of(cfg), INFRA, trials, search
+                    )
+                else:
+                    outcomes = batches.evaluate(runner, setup, steers, root_of(cfg), INFRA)
                 span = progress.evaluated()
                 for t, steer, outcome in zip(trials, steers, outcomes, strict=True):
                     if isinstance(outcome, Exception):  # the configuration's own failure
@@ -127,16 +135,20 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
                         pending.remove(t)
                         continue
                     job = sweep_dir / str(t.number)
+                    cut = isinstance(outcome, batches.Pruned)  # its first questions only
                     with timing.stage("record"):
                         scores, error = rn.record(
-                            cfg, setup, steer, outcome, job, t.number, parent, span, params,
-                            down,
+                            cfg, setup, steer, outcome.result if cut else outcome, job,
+                            t.number, parent, span, params, down, pruned=cut,
                         )  # fmt: skip
                         down = down or error  # the store failed: the rest of the run waits
                         if error:
                             t.set_user_attr("tracking_error", error)
                             not_logged.append(t.number)
-                        strategy.tell(study, t, scores, search.coherence_min, multi)
+                        if cut:
+                            pruning.tell(study, t, scores, outcome.why, search.coherence_min)
+                        else:
+                            strategy.tell(study, t, scores, search.coherence_min, multi)
                     pending.remove(t)
                     timing.mark("first_trial")
             progress.end(study, search.coherence_min)
@@ -261,28 +273,6 @@ def _storage_of(cfg: DictConfig) -> str:
         return sto.masked(sto.storage_url(cfg, Path(str(cfg.hydra.sweep.dir)).resolve()))
     except Exception:  # noqa: BLE001 - a message's detail: the setting as given
         return redact(str(cfg.search.storage))
-
-
-def _evaluate(
-    runner: rn.Runner, setup: rn.Setup, steers: list[SteeringConfig], root: Path
-) -> list[Any]:
-    """One batched generate for all K; if it fails, each alone, so one bad trial fails alone
-    (its exception is returned in its place)."""
-    try:
-        return runner.evaluate(setup, steers, root)
-    except INFRA:
-        raise  # not the configurations' fault: the caller gives the trials back
-    except Exception as e:  # noqa: BLE001 - retried one by one, which reports
-        log.warning("batched evaluation failed (%s); running trials one by one", e)
-    out: list[Any] = []
-    for s in steers:
-        try:
-            out += runner.evaluate(setup, [s], root)
-        except INFRA:
-            raise
-        except Exception as e:  # noqa: BLE001 - recorded as the trial's failure
-            out.append(e)
-    return out
 
 
 def _parent_run(
