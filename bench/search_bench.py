@@ -13,7 +13,8 @@ Steerlab's strategies run as `steerlab.search.sweep.run_study` drives them (a ba
 any of it is told, repeats dropped and asked again); two more are the bench's own: `axbench`
 (one layer at 40% depth, the grid's coefs thinned to the budget) and `tpe_sh` (TPE whose trials
 are pruned question by question by a successive-halving pruner; a pruned trial costs the
-questions it used and is never picked).
+questions it used and is never picked). `tpe_prune` is steerlab's own `search.prune`
+(`steerlab.search.pruning`: the same first questions, reports, pruner and tell as a sweep).
 
     python bench/search_bench.py data/landscape/*.json.gz --seeds 30 --budgets 4,8,16,32,64
 """
@@ -40,12 +41,16 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from steerlab.search import points
+from steerlab.config import PruneConfig
+from steerlab.search import points, pruning
 from steerlab.search.strategies import Strategy, make_sampler, make_strategy
 from steerlab.search.summary import COVERED, convergence
 from steerlab.search.sweep import MAX_REPEATS, OWN_STATE
 
-STRATEGIES = ("tpe", "gp", "cmaes", "nsga2", "grid", "random", "adaptive", "axbench", "tpe_sh")
+STRATEGIES = (
+    "tpe", "gp", "cmaes", "nsga2", "grid", "random", "adaptive", "axbench", "tpe_sh", "tpe_prune",
+)  # fmt: skip
+PRUNE = PruneConfig()  # tpe_prune: steerlab's own pruning at its defaults (tpe_prune@P: p = P)
 AXBENCH_DEPTH = 0.4  # AxBench steers one layer, at about 40% of the model's depth
 
 
@@ -60,6 +65,7 @@ class Config:
     true_trait: float  # means over search + held-out questions
     true_coherence: float
     questions: tuple[float | None, ...]  # per search question trait: what a pruner sees
+    coherences: tuple[float | None, ...] = ()  # per search question coherence
 
 
 def _mean(xs: Sequence[float | None]) -> float:
@@ -133,10 +139,14 @@ def _get(d: dict[str, Any], dotted: str) -> Any:
     return d
 
 
-def load_landscape(path: str | Path, expect: dict[str, Any] | None = None) -> Landscape:
+def load_landscape(
+    path: str | Path, expect: dict[str, Any] | None = None, search_questions: int | None = None
+) -> Landscape:
     """Read a landscape table, refusing one measured under other conditions than `expect`
     (provenance fields, dotted for nested ones: {"model": .., "sizes.search_questions": 4}),
-    since regrets of different models or judges do not compare."""
+    since regrets of different models or judges do not compare. `search_questions`: a study
+    that asks that many of each config's questions (search ones first, then held-out ones);
+    the true value stays the mean over all of them."""
     path = Path(path)
     with gzip.open(path, "rt", encoding="utf-8") as f:
         data = json.load(f)
@@ -153,6 +163,10 @@ def load_landscape(path: str | Path, expect: dict[str, Any] | None = None) -> La
 
     def config(c: dict[str, Any]) -> Config:
         s, h = c["search"], c.get("held_out") or {"trait": [], "coherence": []}
+        if search_questions is not None:
+            k = search_questions
+            every = {m: s[m] + h[m] for m in ("trait", "coherence")}
+            s, h = ({m: v[:k] for m, v in every.items()}, {m: v[k:] for m, v in every.items()})
         return Config(
             layer=int(c["layer"]),
             coef=float(c["coef"]),
@@ -161,6 +175,7 @@ def load_landscape(path: str | Path, expect: dict[str, Any] | None = None) -> La
             true_trait=_mean(s["trait"] + h["trait"]),
             true_coherence=_mean(s["coherence"] + h["coherence"]),
             questions=tuple(s["trait"]),
+            coherences=tuple(s["coherence"]),
         )
 
     base = data["baseline"]
@@ -251,7 +266,9 @@ def _run(land: Landscape, strategy: str, seed: int, budget: int, tried: list[Tri
 def _study(land: Landscape, strategy: str, seed: int, budget: int, batch: int) -> list[Tried]:
     """Drive a strategy as `steerlab.search.sweep.run_study` does: ask a batch, drop points
     already asked (asked again, up to MAX_REPEATS times in a row), evaluate, tell each."""
-    sampler = {"axbench": "grid", "tpe_sh": "tpe"}.get(strategy, strategy)
+    strategy, _, at = strategy.partition("@")  # tpe_prune@0.3: its p
+    prune_p = float(at) if at else PRUNE.p
+    sampler = {"axbench": "grid", "tpe_sh": "tpe", "tpe_prune": "tpe"}.get(strategy, strategy)
     search = search_node(land, sampler, seed, budget, batch)
     layers = list(range(min(land.layers), max(land.layers) + 1))
     if strategy == "axbench":
@@ -263,8 +280,11 @@ def _study(land: Landscape, strategy: str, seed: int, budget: int, batch: int) -
     if sampler == "grid":
         total = min(budget, math.prod(len(v) for v in space.values()))
     multi = bool(search.multi_objective) and sampler not in OWN_STATE
-    sh = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
-    pruner = sh if strategy == "tpe_sh" else None
+    pruner: optuna.pruners.BasePruner | None = None
+    if strategy == "tpe_sh":
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    elif strategy == "tpe_prune":
+        pruner = pruning.QuestionPruner(land.coherence_min, prune_p)
     tried: list[Tried] = []
     threads = _one_thread() if sampler == "gp" else contextlib.nullcontext()
     with warnings.catch_warnings(), threads:
@@ -286,7 +306,11 @@ def _study(land: Landscape, strategy: str, seed: int, budget: int, batch: int) -
                     continue
                 break  # the strategy has nothing left to propose
             looked = [land.lookup(t.params["layer"], t.params["coef"]) for t in fresh]
-            used = _prune(study, fresh, [land.configs[i] for i in looked]) if pruner else {}
+            configs = [land.configs[i] for i in looked]
+            if strategy == "tpe_prune":
+                used = _staged(study, fresh, configs, land.coherence_min, seed)
+            else:
+                used = _prune(study, fresh, configs) if pruner else {}
             for t, i in zip(fresh, looked, strict=True):
                 c = land.configs[i]
                 if t.number in used:
@@ -339,6 +363,31 @@ def _prune(study: optuna.Study, trials: list[Any], configs: list[Config]) -> dic
                 study.tell(t, state=TrialState.PRUNED)
                 used[num] = q
                 del alive[num]
+    return used
+
+
+def _staged(
+    study: optuna.Study, trials: list[Any], configs: list[Config], cmin: float, seed: int
+) -> dict[int, int]:
+    """`steerlab.search.batches.staged` on the landscape: the batch's first questions, each
+    trial's reports and the study's pruner; a survivor reports the rest (its tell is the
+    caller's). Returns {number: questions used} of the pruned, told PRUNED as a sweep tells."""
+    n = len(configs[0].questions)
+    first = pruning.first_questions(n, PRUNE.first, seed, trials[0].number)
+    rest = [q for q in range(n) if q not in first]
+    used: dict[int, int] = {}
+    for t, c in zip(trials, configs, strict=True):
+        pruning.report(t, first, [{"trait": c.questions[q]} for q in first])
+        t.set_user_attr(pruning.STAGE_COHERENCE, [c.coherences[q] for q in first])
+        if rest and t.should_prune():
+            part = {
+                "trait": _mean([c.questions[q] for q in first]),
+                "coherence": _mean([c.coherences[q] for q in first]),
+            }
+            pruning.tell(study, t, part, "pruned", cmin)
+            used[t.number] = len(first)
+        else:
+            pruning.report(t, rest, [{"trait": c.questions[q]} for q in rest])
     return used
 
 
@@ -493,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--budgets", default="4,8,16,32,64")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--search-questions", type=int, default=None,
+                    help="questions a study asks (default: its search questions)")  # fmt: skip
     ap.add_argument("--expect", action="append", default=[], metavar="FIELD=VALUE",
                     help="refuse a landscape whose provenance FIELD differs")  # fmt: skip
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
@@ -500,13 +551,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/steerlab-search-bench"))
     args = ap.parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    if unknown := sorted(set(strategies) - set(STRATEGIES)):
+    if unknown := sorted({s.partition("@")[0] for s in strategies} - set(STRATEGIES)):
         ap.error(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
     budgets = [int(b) for b in args.budgets.split(",")]
     expect = dict(_expected(e) for e in args.expect)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for path in args.landscapes:
-        land = load_landscape(path, expect or None)
+        land = load_landscape(path, expect or None, args.search_questions)
         runs = bench(land, strategies, args.seeds, budgets, args.batch_size, args.jobs)
         rows = summarize(runs)
         print(table(land, rows) + "\n")

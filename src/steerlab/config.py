@@ -90,7 +90,7 @@ class PruneConfig:
 
     enabled: bool = False
     first: float = 0.5  # share of the search questions answered before the decision
-    p: float = 0.1  # what "clearly" means: the tests' significance level
+    p: float = 0.25  # what "clearly" means: the tests' level (docs/search.md: from the replay)
 
 
 @dataclass
