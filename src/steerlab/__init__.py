@@ -13,12 +13,15 @@ LAYER_CONVENTION = "0-based decoder block output (HF hidden_states[L+1])"
 
 
 def prog(module: str) -> str:
-    """A command's name as the user typed it: `steerlab-export` (its console script) or
-    `python -m steerlab.export`, for argparse's usage line."""
+    """A command's name as the user typed it: `steerlab-export` (its console script, as
+    `[project.scripts]` names it) or `python -m steerlab.export`, for argparse's usage line."""
     import os
     import sys
+    from importlib.metadata import entry_points
 
-    script = "steerlab-" + module.rsplit(".", 1)[-1].replace("_", "-")
-    if module == "steerlab.imports":
-        script = "steerlab-import"
-    return script if os.path.basename(sys.argv[0]) == script else f"python -m {module}"
+    typed = os.path.basename(sys.argv[0])
+    for ep in entry_points(group="console_scripts", name=typed):
+        target = ep.value.split(":")[0]  # steerlab.report.cli for steerlab.report
+        if target == module or target.startswith(f"{module}."):
+            return typed
+    return f"python -m {module}"

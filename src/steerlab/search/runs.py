@@ -109,35 +109,41 @@ def _children(
     return c, [(r, records.as_int(r.data.tags.get(records.TRIAL_TAG))) for r in found]
 
 
-def logged_trials(store: Store, parent_run_id: str) -> dict[int, list[str]]:
-    """The FINISHED child runs under the sweep's parent run, by trial number (their run ids,
-    sorted)."""
+class Logged(dict[int, list[str]]):
+    """The FINISHED child runs under a sweep's parent, by trial number (their run ids, sorted),
+    and `best`: the ids of those flagged as the study's best."""
+
+    best: set[str]
+
+
+def logged_trials(store: Store, parent_run_id: str) -> Logged:
+    """The FINISHED child runs under the sweep's parent run, by trial number."""
     _, kids = _children(store, parent_run_id, "= 'FINISHED'")
-    out: dict[int, list[str]] = {}
+    out = Logged()
+    out.best = {r.info.run_id for r, _ in kids if r.data.tags.get(BEST_TAG) == "true"}
     for r, n in kids:
         if n is not None:
             out.setdefault(n, []).append(r.info.run_id)
-    return {n: sorted(ids) for n, ids in out.items()}
+    for ids in out.values():
+        ids.sort()
+    return out
 
 
-def mirror(
-    store: Store, logged: dict[int, list[str]], complete: set[int], live: set[int]
-) -> set[int]:
+def mirror(store: Store, logged: Logged, complete: set[int], live: set[int]) -> set[int]:
     """Make MLflow mirror the study, one FINISHED run per recorded trial (`complete`: COMPLETE,
-    or pruned over questions); the numbers that have
-    theirs. `logged` is read before the study's `complete` and `live` (RUNNING or WAITING)
-    trials: a live trial's run may be one whose tell is still to come, and is left alone.
-    Deleted: the runs of a trial that ended otherwise (its tell failed, the database down; it
-    was closed and re-tried) and all but the first run id of a COMPLETE trial logged twice
-    (workers that logged a missing trial at once). Every worker keeps the same one, so two
-    cleaning at once never delete both; the best flag moves to it."""
+    or pruned over questions); the numbers that have theirs. `logged` is read before the study's
+    `complete` and `live` (RUNNING or WAITING) trials: a live trial's run may be one whose tell
+    is still to come, and is left alone. Deleted: the runs of a trial that ended otherwise (its
+    tell failed, the database down; it was closed and re-tried) and all but the first run id of
+    a recorded trial logged twice (workers that logged a missing trial at once). Every worker
+    keeps the same one, so two cleaning at once never delete both; the best flag moves to it."""
     c = client(store)
     for n, ids in logged.items():
         if n in live:
             continue
         extra = ids[1:] if n in complete else ids
         for run_id in extra:
-            if n in complete and c.get_run(run_id).data.tags.get(BEST_TAG) == "true":
+            if n in complete and run_id in logged.best:
                 racing(c.set_tag, ids[0], BEST_TAG, "true")
             c.delete_run(run_id)
     return {n for n in logged if n in complete}
