@@ -46,7 +46,7 @@ def study(args: argparse.Namespace, source: str, root: Path, compile_dir: Path) 
     """The command line of one study."""
     size = [] if args.tiny else [f"size={args.size}"]
     return [
-        sys.executable, "-m", "steerlab", "-m",
+        *command(args.installed, "steerlab"), "-m",
         f"trait={args.trait}", f"position={args.position}", f"extraction={source}",
         f"model={args.model}", "judge=hf", f"judge.model={args.judge}",
         "extraction.vet.enabled=false", f"paths.root={root}",
@@ -54,14 +54,34 @@ def study(args: argparse.Namespace, source: str, root: Path, compile_dir: Path) 
     ]  # fmt: skip
 
 
-def run(name: str, cmd: list[str], root: Path, compile_dir: Path, out: Path) -> dict:
+def command(installed: bool, script: str) -> list[str]:
+    """`python -m <module>` of this checkout, or the console script a `pip install` put beside
+    this Python (`--installed`: no PYTHONPATH, the installed package alone)."""
+    if installed:
+        return [str(Path(sys.executable).with_name(script))]
+    module = "steerlab" if script == "steerlab" else f"steerlab.{script.removeprefix('steerlab-')}"
+    return [sys.executable, "-m", module]
+
+
+def source_path(env: dict[str, str], installed: bool) -> dict[str, str]:
+    """This checkout's `src` first on PYTHONPATH, unless the installed package is measured."""
+    if not installed:
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO / "src"), env.get("PYTHONPATH")])
+        )
+    return env
+
+
+def run(
+    name: str, cmd: list[str], root: Path, compile_dir: Path, out: Path, installed: bool
+) -> dict:
     """One study in its own process; its timings, wall time and first trial since spawn."""
     timings = out / f"timings-{name}.json"
     env = dict(os.environ, STEERLAB_TIMINGS=str(timings), PYTHONUNBUFFERED="1")
     env["TORCHINDUCTOR_CACHE_DIR"] = str(compile_dir)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    env = source_path(env, installed)
     log = out / f"{name}.log"
-    print(f"[{name}] {' '.join(cmd[1:])}\n[{name}] log: {log}", flush=True)
+    print(f"[{name}] {' '.join(cmd)}\n[{name}] log: {log}", flush=True)
     t0 = time.time()
     with log.open("w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=root).returncode
@@ -121,14 +141,13 @@ def projection(runs: list[dict], nat: dict, ins: dict | None) -> float:
     return (once + 3 * setup + 24 * sum(per_study) / len(per_study)) / 3600
 
 
-def report(root: Path, out: Path) -> str:
+def report(root: Path, out: Path, installed: bool) -> str:
     """`python -m steerlab.report` on the first root's MLflow store: it must read back."""
     with sqlite3.connect(root / "mlruns" / "mlflow.db") as db:
         names = [r[0] for r in db.execute("select name from experiments where name != 'Default'")]
-    cmd = [sys.executable, "-m", "steerlab.report", "--root", str(root)]
+    cmd = [*command(installed, "steerlab-report"), "--root", str(root)]
     cmd += ["--experiment", ",".join(names), "--out", str(out / "report"), "--no-log"]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    env = source_path(dict(os.environ), installed)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.exit(f"the report failed (rc {r.returncode}):\n{r.stderr[-2000:]}")
@@ -145,6 +164,8 @@ def main() -> None:
     ap.add_argument("--studies", default="natural,instruction", help="extraction sources")
     ap.add_argument("--no-warm", action="store_true", help="skip the warm re-run")
     ap.add_argument("--tiny", action="store_true", help="tiny random shapes, a small study")
+    ap.add_argument("--installed", action="store_true",
+                    help="run the installed `steerlab` commands, not src/")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("/tmp/steerlab-sweep-bench"))
     ap.add_argument("overrides", nargs="*", help="more overrides, after --")
     args = ap.parse_args()
@@ -157,13 +178,20 @@ def main() -> None:
     compile_dir = args.out / "compile"  # empty: the first process compiles cold
     sources = args.studies.split(",")
     runs = [
-        run(s, study(args, s, roots[0], compile_dir), roots[0], compile_dir, args.out)
+        run(
+            s,
+            study(args, s, roots[0], compile_dir),
+            roots[0],
+            compile_dir,
+            args.out,
+            args.installed,
+        )
         for s in sources
     ]
     if not args.no_warm:
         cmd = study(args, sources[0], roots[1], compile_dir)
-        runs.append(run(f"{sources[0]}-warm", cmd, roots[1], compile_dir, args.out))
-    read_back = report(roots[0], args.out)
+        runs.append(run(f"{sources[0]}-warm", cmd, roots[1], compile_dir, args.out, args.installed))
+    read_back = report(roots[0], args.out, args.installed)
 
     searched = [t for t in runs if secs(t, "search")]
     search_s = sum(secs(t, "search") for t in searched)
