@@ -81,6 +81,18 @@ class SteeringConfig:
     max_new_tokens: int = 48
     batch_size: int = 32
 
+    def where(self) -> str:
+        """Where this config steers, in words."""
+        if self.ensemble:
+            return f"ensemble {self.ensemble}"
+        if self.mix:
+            terms = " + ".join(f"L{m.layer}:{Path(m.vector).stem} x {m.weight:g}" for m in self.mix)
+            return f"mix ({terms}) x {self.coef:g} ({self.coef_units})"
+        if self.layers:
+            ws = list(self.weights or [self.coef] * len(self.layers))
+            return f"layers {list(self.layers)} x {ws}"
+        return f"layer {self.layer} coef {self.coef:g} ({self.coef_units})"
+
 
 @dataclass
 class PruneConfig:

@@ -334,7 +334,7 @@ def record(
         return metrics, None
     if skip_log:
         return metrics, skip_log
-    name = f"trial-{number}" if number is not None else where(steer)
+    name = f"trial-{number}" if number is not None else steer.where()
     try:
         with timing.stage("mlflow"):
             _log_trial(
@@ -460,18 +460,6 @@ def _log_trial(
     )
 
 
-def where(s: SteeringConfig) -> str:
-    """Where a steering config steers, in words."""
-    if s.ensemble:
-        return f"ensemble {s.ensemble}"
-    if s.mix:
-        terms = " + ".join(f"L{m.layer}:{Path(m.vector).stem} x {m.weight:g}" for m in s.mix)
-        return f"mix ({terms}) x {s.coef:g} ({s.coef_units})"
-    if s.layers:
-        return f"layers {list(s.layers)} x {list(s.weights or [s.coef] * len(s.layers))}"
-    return f"layer {s.layer} coef {s.coef:g} ({s.coef_units})"
-
-
 def run_single(cfg: DictConfig, job_dir: Path) -> dict[str, float]:
     """One configuration (`python -m steerlab ...` without -m): evaluate, record, summarise."""
     from steerlab.config import steering_of
@@ -492,7 +480,7 @@ def run_single(cfg: DictConfig, job_dir: Path) -> dict[str, float]:
     v = tracking.run_params(cfg)["resolved"]  # a given vector file describes itself
     cis = intervals_of(metrics)
     print(
-        f"\n{cfg.trait.name} @ {where(steer)} [{v['source']} {v['position']} {v['method']} "
+        f"\n{cfg.trait.name} @ {steer.where()} [{v['source']} {v['position']} {v['method']} "
         f"{v['component']}]\n"
         f"  trait {metrics['trait']:.1f} (baseline {metrics['baseline_trait']:.1f}, delta "
         f"{metrics['delta']:+.1f} {fmt_ci(cis[2])})  coherence {metrics['coherence']:.1f} "
