@@ -122,7 +122,7 @@ def finish(
                 {
                     "n_complete": len(trials),
                     "n_failed": failed,
-                    "n_pruned": liveness.n_pruned(handle.study),
+                    "n_pruned": liveness.n_pruned(handle.study),  # not results
                     "pareto_size": len(front),
                 }
             )
@@ -141,7 +141,8 @@ def finish(
     where = f"{handle.name!r} in {handle.url}"
     ui = _ui_hint(cfg, parent, view) if parent else ""
     conf = confirmed.record if confirmed else None
-    text = summary_text(cfg, trials, best, failed, interrupted, where, ui, conf, hint.text)
+    cut = liveness.n_pruned(handle.study)
+    text = summary_text(cfg, trials, best, failed, interrupted, where, ui, conf, hint.text, cut)
     return Summary(text, best, [trials[i] for i in front], confirmation=conf)
 
 

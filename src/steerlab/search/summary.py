@@ -154,9 +154,11 @@ def summary_text(
     ui: str = "",
     confirmation: Confirmation | None = None,
     hint: str = "",
+    pruned: int = 0,
 ) -> str:
-    """The study's closing lines: counts; the best valid trials, then the strongest invalid ones
-    (a high trait score bought with incoherent text), each marked with why it does not count;
+    """The study's closing lines: counts (`pruned`: trials stopped over questions, never
+    results); the best valid trials, then the strongest invalid ones (a high trait score bought
+    with incoherent text), each marked with why it does not count;
     the best valid trial; the convergence `hint`; where to look further."""
     study_of = cfg.combine.strategy or (
         f"{cfg.extraction.source} {position_of(cfg)} {cfg.extraction.method}"
@@ -167,7 +169,8 @@ def summary_text(
     invalid = sorted((t for t in trials if not t.valid), key=lambda t: (-t.trait, t.number or 0))
     lines = [
         f"\n== {cfg.trait.name} [{study_of} {cfg.steering.component}, {cfg.search.sampler}]: "
-        f"{len(trials)} trials done, {failed} failed{more} ({len(valid)} valid: mean coherence "
+        f"{len(trials)} trials done, {f'{pruned} pruned, ' if pruned else ''}{failed} failed{more} "
+        f"({len(valid)} valid: mean coherence "
         f">= {cmin:g}); study {storage}",
         f"{'trial':>5} {'where':>24} {'trait':>6} {'coh':>6} {'delta':>6} {'delta 95% CI':>14}",
     ]
