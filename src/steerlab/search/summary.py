@@ -30,8 +30,10 @@ class Progress:
     trials counted so far, the best valid one, an ETA from this process's batches). A batch
     takes seconds to minutes and prints nothing else."""
 
-    def __init__(self, total: int, batch_size: int, n_questions: int) -> None:
+    def __init__(self, total: int, batch_size: int, n_questions: int, first: int = 0) -> None:
+        """`first`: the questions every trial answers before pruning (0: no pruning)."""
         self.total, self.size, self.questions = total, max(1, batch_size), n_questions
+        self.first = first if 0 < first < n_questions else 0
         self.n = max(1, math.ceil(total / self.size))
         self.times: list[float] = []
         self.label, self.started = "", 0.0
@@ -40,12 +42,13 @@ class Progress:
         k = min(done // self.size + 1, self.n)
         self.label = f"batch {k}/{self.n} ({_numbers(numbers)})"
         self.started = time.time()
-        log.info(
-            "%s: %d configuration(s) x %d question(s) in one generate, then judged",
-            self.label,
-            len(numbers),
-            self.questions,
+        how = (
+            f"(the first {self.first} for all, then the rest for those not pruned)"
+            if self.first
+            else "in one generate, then judged"
         )
+        log.info("%s: %d configuration(s) x %d question(s) %s", self.label, len(numbers),
+                 self.questions, how)  # fmt: skip
 
     def evaluated(self) -> tuple[float, float]:
         """(start, end) of the batch's generate and judging: its trials' MLflow run times."""
