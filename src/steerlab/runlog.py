@@ -52,12 +52,17 @@ def log_child(
                 metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                 params=[Param(k, v) for k, v in flatten(params).items()],
             )
-        for file, table in (tables or {}).items():
-            c.log_table(run_id, dict(table), file)
-        for file, d in (dicts or {}).items():
-            c.log_dict(run_id, d, file)
-        if folder:
-            c.log_artifacts(run_id, str(folder[0]), folder[1])
+        with held():  # small files, and the database reads and tags that come with them
+            for file, table in (tables or {}).items():
+                c.log_table(run_id, dict(table), file)
+            for file, d in (dicts or {}).items():
+                c.log_dict(run_id, d, file)
+            where = c.get_run(run_id).info.artifact_uri if folder else ""
+        if folder:  # the long copy, which a stop may cut: no database call inside it
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            repo = get_artifact_repository(where, tracking_uri=c.tracking_uri)
+            repo.log_artifacts(str(folder[0]), folder[1])
     except BaseException as e:
         if run_id is None:
             raise

@@ -49,9 +49,10 @@ def check(search: Any) -> None:
     p = search.prune
     if not p.enabled:
         return
-    if not (0 < p.first < 1 and 0 < p.p < 1):
+    if not (0 < p.first < 1 and 0 < p.p <= 0.5):  # p > 0.5: a "bound" below the mean itself
         raise ConfigError(
-            f"search.prune.first={p.first} and search.prune.p={p.p} must both lie in (0, 1)"
+            f"search.prune.first={p.first} must lie in (0, 1) and search.prune.p={p.p} in "
+            "(0, 0.5]: a test at a level above 0.5 would prune trials that are not clearly bad"
         )
     if search.sampler not in PRUNABLE or search.multi_objective:
         what = "multi_objective=true" if search.multi_objective else f"sampler={search.sampler}"
