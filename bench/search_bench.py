@@ -377,9 +377,8 @@ def _staged(
     rest = [q for q in range(n) if q not in first]
     used: dict[int, int] = {}
     for t, c in zip(trials, configs, strict=True):
-        pruning.report(t, first, [{"trait": c.questions[q]} for q in first])
-        t.set_user_attr(pruning.STAGE_COHERENCE, [c.coherences[q] for q in first])
-        if rest and t.should_prune():
+        rows = [{"trait": c.questions[q], "coherence": c.coherences[q]} for q in first]
+        if pruning.decide(t, first, rows, ask=bool(rest)):
             part = {
                 "trait": _mean([c.questions[q] for q in first]),
                 "coherence": _mean([c.coherences[q] for q in first]),

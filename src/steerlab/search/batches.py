@@ -73,15 +73,11 @@ def staged(
     )
     rest = [i for i in range(len(questions)) if i not in first]
     out = evaluate(runner, setup, steers, root, infra, [questions[i] for i in first])
-    pruner = trials[0].study.pruner
     go = []
     for k, (t, r) in enumerate(zip(trials, out, strict=True)):
         if isinstance(r, Exception):
             continue
-        pruning.report(t, first, r.rows)
-        t.set_user_attr(pruning.STAGE_COHERENCE, [row["coherence"] for row in r.rows])
-        if rest and t.should_prune():
-            why = getattr(pruner, "why", {}).get(t.number, "pruned")
+        if why := pruning.decide(t, first, r.rows, ask=bool(rest)):
             out[k] = Pruned(r, why)
         else:
             go.append(k)

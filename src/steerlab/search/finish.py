@@ -104,6 +104,7 @@ def finish(
     trial, its confirmation, figures), the best child flagged, the runs-table view, the summary
     text."""
     failed, interrupted = liveness.n_failed(handle.study)
+    cut = liveness.n_pruned(handle.study)  # not results
     front = frontier([(t.trait, t.coherence) for t in trials])
     best = records.best(trials)
     (sweep_dir / "trials.json").write_text(json.dumps([t.row() for t in trials], indent=1))
@@ -122,7 +123,7 @@ def finish(
                 {
                     "n_complete": len(trials),
                     "n_failed": failed,
-                    "n_pruned": liveness.n_pruned(handle.study),  # not results
+                    "n_pruned": cut,
                     "pareto_size": len(front),
                 }
             )
@@ -141,7 +142,6 @@ def finish(
     where = f"{handle.name!r} in {handle.url}"
     ui = _ui_hint(cfg, parent, view) if parent else ""
     conf = confirmed.record if confirmed else None
-    cut = liveness.n_pruned(handle.study)
     text = summary_text(cfg, trials, best, failed, interrupted, where, ui, conf, hint.text, cut)
     return Summary(text, best, [trials[i] for i in front], confirmation=conf)
 

@@ -63,11 +63,27 @@ def check(search: Any) -> None:
         )
 
 
+def n_first(n: int, share: float) -> int:
+    """How many of `n` questions come before the decision: at least two (a test needs two)."""
+    return min(n, max(2, round(share * n)))
+
+
 def first_questions(n: int, share: float, seed: int, batch: int) -> list[int]:
-    """Indices (sorted) of the questions a batch's trials all answer before the decision: at
-    least two (a test needs two), drawn from the seed and the batch's first trial number."""
-    k = min(n, max(2, round(share * n)))
-    return sorted(random.Random(f"{seed}:{batch}").sample(range(n), k))
+    """Indices (sorted) of the questions a batch's trials all answer before the decision,
+    drawn from the seed and the batch's first trial number."""
+    return sorted(random.Random(f"{seed}:{batch}").sample(range(n), n_first(n, share)))
+
+
+def decide(
+    trial: optuna.trial.Trial, steps: Sequence[int], rows: Sequence[dict], ask: bool = True
+) -> str | None:
+    """After the first pass: report the trial's answers and (`ask`: questions are left) ask the
+    study's pruner; why it is pruned, or None."""
+    report(trial, steps, rows)
+    trial.set_user_attr(STAGE_COHERENCE, [row["coherence"] for row in rows])
+    if not (ask and trial.should_prune()):
+        return None
+    return getattr(trial.study.pruner, "why", {}).get(trial.number, "pruned")
 
 
 def report(trial: optuna.trial.Trial, steps: Sequence[int], rows: Sequence[dict]) -> None:

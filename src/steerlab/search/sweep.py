@@ -89,7 +89,7 @@ def run_study(runner: rn.Runner, cfg: DictConfig, label: str) -> Summary:
     total = _total(cfg, strategy)
     repeated = 0  # asks in a row that found only points the study already has
     n_q, prune = len(setup.questions), search.prune
-    first = len(pruning.first_questions(n_q, prune.first, 0, 0)) if prune.enabled else 0
+    first = pruning.n_first(n_q, prune.first) if prune.enabled else 0
     progress = Progress(total, int(search.batch_size), n_q, first)
     steer_of = lambda t: strategy.steering(t, base)  # noqa: E731 - a trial's steering
     not_logged = recovery.log_missing(cfg, study, parent, sweep_dir, setup, params, steer_of)
